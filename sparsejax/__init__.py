@@ -10,8 +10,45 @@ Layers, each depending only on the ones above it:
 This module only re-exports; see the submodules for the documentation.
 """
 
+# --- constraints, lottery, selection (lead) ---
+from sparsejax.constraints import (
+    ProjectionState,
+    project_bilevel_l1inf,
+    project_l1,
+    project_l1inf,
+    project_l11,
+    project_l21,
+    project_l111,
+    project_nuclear,
+)
+from sparsejax.lottery import (
+    KeepPrunedState,
+    keep_pruned,
+    magnitude_mask,
+    project_once,
+    rewind,
+    support_mask,
+)
+from sparsejax.selection import path_string, selected_leaves
+
 __version__ = "0.1.0"
 
 __all__ = [
+    "KeepPrunedState",
+    "ProjectionState",
     "__version__",
+    "keep_pruned",
+    "magnitude_mask",
+    "path_string",
+    "project_bilevel_l1inf",
+    "project_l1",
+    "project_l1inf",
+    "project_l11",
+    "project_l21",
+    "project_l111",
+    "project_nuclear",
+    "project_once",
+    "rewind",
+    "selected_leaves",
+    "support_mask",
 ]
