@@ -125,8 +125,8 @@ def keep_pruned(mask: Any) -> optax.GradientTransformation:
     >>> params = {"w": jnp.array([1.0, 0.0])}
     >>> tx = optax.chain(optax.adam(0.1), keep_pruned({"w": jnp.array([True, False])}))
     >>> updates, _ = tx.update({"w": jnp.array([1.0, 1.0])}, tx.init(params), params)
-    >>> optax.apply_updates(params, updates)["w"].tolist()
-    [0.8999999761581421, 0.0]
+    >>> optax.apply_updates(params, updates)["w"].round(3).tolist()
+    [0.9, 0.0]
     """
 
     def init_fn(params):

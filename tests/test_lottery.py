@@ -76,7 +76,9 @@ def test_keep_pruned_requires_params():
 def test_magnitude_mask_global_matches_numpy(sparsity):
     params = make_params(4)
     mask = sparsejax.magnitude_mask(params, sparsity)
-    values = np.concatenate([np.abs(np.asarray(params[k]["kernel"])).ravel() for k in ("Dense_0", "Dense_1")])
+    values = np.concatenate(
+        [np.abs(np.asarray(params[k]["kernel"])).ravel() for k in ("Dense_0", "Dense_1")]
+    )
     k = int(np.floor(sparsity * values.size))
     cut = np.sort(values)[k - 1] if k else -np.inf
     for name in ("Dense_0", "Dense_1"):
@@ -93,7 +95,9 @@ def test_magnitude_mask_per_layer_prunes_each_layer_alike():
     assert int((~mask["Dense_1"]["kernel"]).sum()) == 12
 
 
-@pytest.mark.parametrize("kwargs", [{"sparsity": 1.5}, {"sparsity": -0.1}, {"sparsity": 0.5, "scope": "row"}])
+@pytest.mark.parametrize(
+    "kwargs", [{"sparsity": 1.5}, {"sparsity": -0.1}, {"sparsity": 0.5, "scope": "row"}]
+)
 def test_magnitude_mask_rejects_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         sparsejax.magnitude_mask(make_params(), **kwargs)
