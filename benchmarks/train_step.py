@@ -106,7 +106,8 @@ def main():
         base = base or ms
         rows.append({"optimizer": name, "ms_per_step": ms, "ratio_to_adam": ms / base})
     print(
-        f"LFC4-sized MLP {SIZES}, batch {BATCH}, {jax.devices()[0].platform}, median of {args.steps} steps"
+        f"LFC4-sized MLP {SIZES}, batch {BATCH}, {jax.devices()[0].platform}, "
+        f"median of {args.steps} steps"
     )
     print("| optimizer | ms / step | / adam |")
     print("|---|---:|---:|")

@@ -440,7 +440,10 @@ def test_sharded_run_equals_single_device(tmp_path):
         tx = optax.chain(optax.adam(1e-2), sparsejax.project_l11(20.0))
         def run(params):
             state = tx.init(params)
-            f = jax.jit(lambda p, s: (lambda u, s: (optax.apply_updates(p, u), s))(*tx.update(grads, s, p)))
+            def one_step(p, s):
+                updates, s = tx.update(grads, s, p)
+                return optax.apply_updates(p, updates), s
+            f = jax.jit(one_step)
             for _ in range(3):
                 params, state = f(params, state)
             return params
