@@ -29,16 +29,51 @@ from sparsejax.lottery import (
     rewind,
     support_mask,
 )
+
+# --- metrics and surgery (issue 5) ---
+from sparsejax.metrics import (
+    LayerReport,
+    ModelReport,
+    compressed_bytes,
+    effective_maccs,
+    entropy_bits,
+    model_report,
+    sparsity,
+)
+
+# --- proximal operators and Proximal RMSProp (seed 003) ---
+from sparsejax.proximal import (
+    ProximalRMSPropState,
+    ProxState,
+    prox_l0,
+    prox_l1,
+    proximal_rmsprop,
+    prune_to_rate,
+)
 from sparsejax.selection import path_string, selected_leaves
+from sparsejax.surgery import ShrunkenLinenModel, remove_dead_units  # issue 5
+
+# --- xRDA with adaptively weighted l1 (seed 002) ---
+from sparsejax.xrda import XRDAState, xrda
 
 __version__ = "0.1.0"
 
 __all__ = [
     "KeepPrunedState",
+    "LayerReport",
+    "ModelReport",
     "ProjectionState",
+    "ProxState",
+    "ProximalRMSPropState",
+    "ShrunkenLinenModel",
+    "XRDAState",
     "__version__",
+    "compressed_bytes",
+    "effective_maccs",
+    "entropy_bits",
     "keep_pruned",
     "magnitude_mask",
+    "model_report",
     "path_string",
     "project_bilevel_l1inf",
     "project_l1",
@@ -48,7 +83,14 @@ __all__ = [
     "project_l111",
     "project_nuclear",
     "project_once",
+    "prox_l0",
+    "prox_l1",
+    "proximal_rmsprop",
+    "prune_to_rate",
+    "remove_dead_units",
     "rewind",
     "selected_leaves",
+    "sparsity",
     "support_mask",
+    "xrda",
 ]

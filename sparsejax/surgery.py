@@ -1,0 +1,326 @@
+"""Model surgery: cut the dead units out of a sparsified Flax model.
+
+Zeros inside a dense matrix save nothing on ordinary hardware; removing whole input units,
+channels, output units and filters does. :func:`remove_dead_units` builds the smaller dense
+network that :func:`sparsejax.model_report` counts as *effective*: same outputs, its parameter
+count and MACCs equal to the report's ``effective_params`` and ``effective_maccs``.
+
+Usage::
+
+    small = sparsejax.remove_dead_units(model, x_batch)            # NNX: a smaller nnx.Module
+    small(x)                                                       # same outputs as model(x)
+
+    small = sparsejax.remove_dead_units(module, x_batch, variables)  # Linen
+    small(x); small.apply(small.variables, x)                       # same outputs
+
+Supported: chains of ``Dense``/``Conv`` layers, each optionally followed by a per-channel
+``BatchNorm``, with activations, pooling, dropout and flattening between them (MLPs and conv
+stacks such as Net4, LeNet, LFC4, VGG, SimpleNet). Residual networks and other non-chain graphs
+are refused with a ``ValueError`` (the report then counts per layer).
+
+What happens to a layer ``k`` (see :mod:`sparsejax.metrics` for when a unit is dead):
+
+* its kernel keeps the live input rows/channels and the kept output columns/filters; its bias
+  and the following BatchNorm (scale, bias, running mean and variance) keep the kept outputs;
+* a removed output unit whose value is a constant ``c`` (no live fan-in: ``act(bias)``,
+  possibly through BatchNorm and pooling) is folded into the next layer:
+  ``b_{k+1} += sum_i c_i W_{k+1}[..., i, :]`` over the positions ``i`` it fed;
+* when the live inputs are not exactly what the smaller previous layer produces (the network's
+  own input features, or some flattened positions of a live conv channel), the layer gathers
+  them first, ``x[..., index]``, which costs no MACC. For NNX the layer's class is then
+  swapped for a subclass of it (``InputSelecting<Class>``) that stores ``input_index``; the
+  model's attribute paths (``fc1/kernel``...) are unchanged.
+
+NNX models come back as a new module of the same structure (the original is untouched, in the
+same train/eval mode), to be used and trained as usual. Linen models come back as a
+:class:`ShrunkenLinenModel` holding the smaller ``variables`` and applying the original module
+with its Dense/Conv/BatchNorm calls redirected to the smaller arrays.
+
+Reference: Guyard & Barlaud (2020), "vanishing columns" reduce memory and MACCs (section III).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sparsejax import _layers
+
+__all__ = ["ShrunkenLinenModel", "remove_dead_units"]
+
+# Outputs of the smaller model must match the original's within this (relative to max |y|).
+_OUTPUT_RTOL = 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cut:
+    """How one traced layer (and its BatchNorm) is cut down."""
+
+    layer: _layers.Layer
+    plan: _layers.UnitPlan
+
+    def kernel(self) -> np.ndarray:
+        kernel = self.layer.kernel[..., self.plan.live_inputs, :]
+        return kernel[..., self.plan.kept_outputs]
+
+    def bias(self) -> np.ndarray | None:
+        if self.layer.bias is None:
+            return None
+        shifted = self.layer.bias + self.plan.bias_shift.astype(self.layer.bias.dtype)
+        return shifted[self.plan.kept_outputs]
+
+    def norm_arrays(self) -> dict[str, np.ndarray]:
+        return {name: a[self.plan.kept_outputs] for name, a in self.layer.norm_arrays.items()}
+
+    @property
+    def num_inputs(self) -> int:
+        return int(self.plan.live_inputs.sum())
+
+    @property
+    def num_outputs(self) -> int:
+        return int(self.plan.kept_outputs.sum())
+
+
+def remove_dead_units(
+    model: Any, example_input: Any, variables: Any = None, *, check_outputs: bool = True
+) -> Any:
+    """Builds the smaller dense model without the dead units of a sparsified model.
+
+    Args:
+      model: an ``nnx.Module``, a ``linen.Module``, or ``apply_fn(variables, x)``; a chain of
+        Dense/Conv layers (with BatchNorm, activations, pooling, flatten between them).
+      example_input: a batch of inputs; used to trace the layers and read the constant values
+        that removed units leave behind.
+      variables: Linen variables; None for NNX.
+      check_outputs: compare the smaller model's outputs with the original's on
+        ``example_input`` (evaluation mode) and raise if they differ.
+
+    Returns:
+      For NNX, a new ``nnx.Module`` of the same structure with smaller arrays. For Linen, a
+      :class:`ShrunkenLinenModel`.
+
+    Raises:
+      ValueError: for an unsupported model or input (see :func:`sparsejax.model_report`), a
+        model whose layers do not form a chain, or, with ``check_outputs``, outputs that changed
+        by more than 1e-4 of their largest magnitude (an operation between layers mixes units).
+
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> model = nnx.Sequential(nnx.Linear(4, 3, rngs=nnx.Rngs(0)), nnx.relu,
+    ...                        nnx.Linear(3, 2, rngs=nnx.Rngs(1)))
+    >>> model.layers[0].kernel[:, 1] = 0.0  # output unit 1 of the first layer is now constant
+    >>> small = remove_dead_units(model, jnp.ones((2, 4)))
+    >>> small.layers[0].kernel.shape, small.layers[2].kernel.shape
+    ((4, 2), (2, 2))
+    >>> x = jnp.arange(8.0).reshape(2, 4)
+    >>> bool(jnp.allclose(small(x), model(x), atol=1e-5))
+    True
+    """
+    network = _layers.trace(model, example_input, variables)
+    if not network.sequential:
+        raise ValueError(
+            f"model {type(model).__name__} cannot be cut: {network.chain_problem} "
+            "(remove_dead_units supports chains of Dense/Conv layers)"
+        )
+    cuts = [_Cut(layer, plan) for layer, plan in zip(network.layers, _layers.plan_units(network))]
+    if _layers._is_nnx_module(model):
+        small = _shrink_nnx(model, cuts)
+        reference, candidate = _nnx_eval(model), _nnx_eval(small)
+    else:
+        runner = _layers.wrap_model(model, variables)
+        # Cutting a ShrunkenLinenModel again starts from its original apply_fn: the new
+        # input indices are positions in the original layers' inputs.
+        apply_fn = getattr(model, "apply_fn", runner.apply_fn)
+        small = ShrunkenLinenModel(apply_fn, _shrink_variables(runner.variables, cuts), cuts)
+        reference, candidate = runner, small
+    if check_outputs:
+        _check_same_outputs(reference, candidate, jnp.asarray(example_input))
+    return small
+
+
+def _nnx_eval(model: Any) -> Any:
+    from flax import nnx
+
+    clone = nnx.clone(model)
+    clone.eval()
+    return clone
+
+
+def _check_same_outputs(reference: Callable, candidate: Callable, x: jax.Array) -> None:
+    # One compiled program each is much cheaper than op-by-op dispatch of a conv net.
+    expected = jax.tree_util.tree_leaves(jax.jit(lambda x: reference(x))(x))
+    found = jax.tree_util.tree_leaves(jax.jit(lambda x: candidate(x))(x))
+    scale = max((float(jnp.max(jnp.abs(y))) for y in expected), default=0.0)
+    error = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(expected, found))
+    if not error <= _OUTPUT_RTOL * max(scale, 1.0):
+        raise ValueError(
+            f"removing dead units changed the outputs on example_input by {error:.3g} "
+            f"(largest output {scale:.3g}): something between the layers mixes units or "
+            "channels (e.g. LayerNorm), which remove_dead_units does not support"
+        )
+
+
+_SELECTING_CLASSES: dict[type, type] = {}
+_SELECTING_BASES: dict[type, type] = {}
+
+
+def _input_selecting_class(cls: type) -> type:
+    """A subclass of the NNX layer ``cls`` that first gathers ``x[..., input_index]``."""
+    if cls not in _SELECTING_CLASSES:
+
+        def __call__(self, inputs, *args, **kwargs):
+            selected = inputs[..., jnp.asarray(self.input_index, jnp.int32)]
+            return cls.__call__(self, selected, *args, **kwargs)
+
+        selecting = type(
+            f"InputSelecting{cls.__name__}",
+            (cls,),
+            {
+                "__call__": __call__,
+                "__module__": __name__,
+                "__doc__": _input_selecting_class.__doc__,
+            },
+        )
+        _SELECTING_CLASSES[cls], _SELECTING_BASES[selecting] = selecting, cls
+    return _SELECTING_CLASSES[cls]
+
+
+def _shrink_nnx(model: Any, cuts: list[_Cut]) -> Any:
+    from flax import nnx
+
+    small = nnx.clone(model)
+    modules = {
+        tuple(path): node for path, node in nnx.iter_graph(small) if isinstance(node, nnx.Module)
+    }
+    for cut in cuts:
+        layer = modules[cut.layer.call.path]
+        _set_array(layer, "kernel", cut.kernel())
+        _set_array(layer, "bias", cut.bias())
+        layer.in_features, layer.out_features = cut.num_inputs, cut.num_outputs
+        if cut.layer.kind == "conv":
+            layer.kernel_shape = tuple(cut.kernel().shape)
+        base = _SELECTING_BASES.get(type(layer), type(layer))
+        if cut.plan.input_index is None:
+            layer.__class__ = base
+            if hasattr(layer, "input_index"):
+                delattr(layer, "input_index")
+        else:
+            layer.__class__ = _input_selecting_class(base)
+            layer.input_index = tuple(int(i) for i in cut.plan.input_index)
+        if cut.layer.norm is not None:
+            norm = modules[cut.layer.norm.path]
+            for name, array in cut.norm_arrays().items():
+                _set_array(norm, name, array)
+            norm.num_features = cut.num_outputs
+    return small
+
+
+def _set_array(module: Any, name: str, array: np.ndarray | None) -> None:
+    variable = getattr(module, name, None)
+    if variable is not None and array is not None:
+        variable.set_value(jnp.asarray(array, dtype=variable.get_value().dtype))
+
+
+def _shrink_variables(variables: Any, cuts: list[_Cut]) -> Any:
+    """Linen variables with each cut layer's arrays replaced by the smaller ones."""
+    small = _to_dict(variables)
+    for cut in cuts:
+        arrays = {"kernel": cut.kernel(), "bias": cut.bias()}
+        _replace(small, "params", cut.layer.call.path, arrays)
+        if cut.layer.norm is not None:
+            norm = cut.norm_arrays()
+            path = cut.layer.norm.path
+            _replace(small, "params", path, {k: norm.get(k) for k in ("scale", "bias")})
+            _replace(small, "batch_stats", path, {k: norm.get(k) for k in ("mean", "var")})
+    return small
+
+
+def _to_dict(tree: Any) -> Any:
+    if hasattr(tree, "items"):
+        return {key: _to_dict(value) for key, value in tree.items()}
+    return tree
+
+
+def _replace(tree: dict, collection: str, path: tuple, arrays: dict) -> None:
+    node = tree.get(collection)
+    for key in path:
+        if node is None:
+            return
+        node = node.get(key)
+    for name, array in arrays.items():
+        if node is not None and array is not None and name in node:
+            node[name] = jnp.asarray(array, dtype=node[name].dtype)
+
+
+class ShrunkenLinenModel:
+    """A Linen model with its dead units removed.
+
+    Calling it (or :meth:`apply`) runs the original ``apply_fn`` under
+    :meth:`interceptor`: each cut Dense/Conv layer gathers its live inputs when needed and runs
+    with its feature count set to the smaller one, so Flax's own layer code uses the smaller
+    arrays found at its path in ``variables`` (BatchNorm takes its size from its input).
+    ``variables`` has the original's structure with smaller arrays and can be trained further
+    with :meth:`apply`. ``sparsejax.model_report(small, x)`` reports on it.
+
+    Attributes:
+      apply_fn: the original ``apply_fn(variables, x, ...)``.
+      variables: the smaller variables.
+      input_indices: ``{module path: index or None}``, the inputs each cut layer gathers.
+    """
+
+    def __init__(self, apply_fn: Callable, variables: Any, cuts: list[_Cut]):
+        self.apply_fn = apply_fn
+        self.variables = variables
+        self.input_indices = {cut.layer.call.path: cut.plan.input_index for cut in cuts}
+
+    def interceptor(self, variables: Any) -> Callable:
+        """The ``flax.linen.intercept_methods`` interceptor that runs the cut layers."""
+
+        def interceptor(next_fun, args, kwargs, context):
+            path = tuple(context.module.scope.path)
+            if path not in self.input_indices or context.method_name != "__call__" or not args:
+                return next_fun(*args, **kwargs)
+            inputs, *rest = args
+            index = self.input_indices[path]
+            if index is not None:
+                inputs = inputs[..., jnp.asarray(index, jnp.int32)]
+            features = _lookup(variables, ("params", *path, "kernel")).shape[-1]
+            with _features_set_to(context.module, features):
+                return next_fun(inputs, *rest, **kwargs)
+
+        return interceptor
+
+    def apply(self, variables: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
+        """``apply_fn(variables, x, *args, **kwargs)`` with the cut layers."""
+        import flax.linen as nn
+
+        with nn.intercept_methods(self.interceptor(variables)):
+            return self.apply_fn(variables, x, *args, **kwargs)
+
+    def __call__(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        return self.apply(self.variables, x, *args, **kwargs)
+
+
+def _lookup(tree: Any, path: tuple) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+@contextlib.contextmanager
+def _features_set_to(module: Any, features: int) -> Iterator[None]:
+    """Temporarily changes a bound Linen layer's ``features`` so that its parameter shape check
+    accepts the smaller kernel (Linen modules are frozen dataclasses, hence object.__setattr__).
+    """
+    original = module.features
+    object.__setattr__(module, "features", features)
+    try:
+        yield
+    finally:
+        object.__setattr__(module, "features", original)
