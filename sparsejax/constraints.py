@@ -24,7 +24,7 @@ attached to one **input unit** of a layer:
 * Conv kernel ``(kh, kw, in, out)``: group ``c`` is ``kernel[:, :, c, :]`` — every filter's
   weights on input channel ``c``; a zero group removes input channel ``c``.
 
-``group_axis="outputs"`` groups by output unit instead (column ``kernel[:, j]``, filter
+``group_axis="output"`` (or ``"outputs"``) groups by output unit instead (column ``kernel[:, j]``, filter
 ``kernel[..., j]``): a zero group removes output neuron/filter ``j`` of this layer.
 An integer picks the axis explicitly for every selected leaf.
 
@@ -59,7 +59,7 @@ from optax._src import base as optax_base
 
 from sparsejax import projections, selection
 
-_GROUP_AXIS_NAMES = ("inputs", "outputs")
+_GROUP_AXIS_NAMES = ("input", "output", "inputs", "outputs")
 
 
 class ProjectionState(NamedTuple):
@@ -291,9 +291,9 @@ def _resolve_axis(group_axis, shape: tuple[int, ...], path: str, constraint) -> 
             f"project_{constraint.name} groups the weights of a kernel with ndim >= 2; parameter "
             f"{path!r} has shape {shape} (select it out with where=)"
         )
-    if group_axis is None or group_axis == "inputs":
+    if group_axis is None or group_axis in ("input", "inputs"):
         return ndim - 2
-    if group_axis == "outputs":
+    if group_axis in ("output", "outputs"):
         return ndim - 1
     if not -ndim <= group_axis < ndim:
         raise ValueError(
@@ -307,7 +307,7 @@ def _check_group_axis(group_axis) -> None:
         return
     if isinstance(group_axis, (int, np.integer)) and not isinstance(group_axis, bool):
         return
-    raise ValueError(f"group_axis must be None, 'inputs', 'outputs' or an int; got {group_axis!r}")
+    raise ValueError(f"group_axis must be None, 'input', 'output' or an int; got {group_axis!r}")
 
 
 def _check_every_k_steps(every_k_steps) -> None:
@@ -472,8 +472,8 @@ def project_l21(
     Args:
       eta: the radius (number, scalar array or ``{path_pattern: radius}``).
       where: which leaves (default: kernels).
-      group_axis: ``None``/``"inputs"`` (input units/channels), ``"outputs"`` (output
-        units/filters) or an axis index.
+      group_axis: ``None``/``"input"`` (input units/channels), ``"output"`` (output
+        units/filters) or an axis index (the same words as the prox ``group=``).
       every_k_steps: project on every k-th update only.
       global_budget: one ball for the groups of all selected leaves together.
 
@@ -526,7 +526,7 @@ def project_l11(
     Args:
       eta: the radius (number, scalar array or ``{path_pattern: radius}``).
       where: which leaves (default: kernels).
-      group_axis: ``None``/``"inputs"``, ``"outputs"`` or an axis index.
+      group_axis: ``None``/``"input"``, ``"output"`` or an axis index.
       every_k_steps: project on every k-th update only.
       global_budget: one outer budget for the groups of all selected leaves together.
 
@@ -578,7 +578,7 @@ def project_bilevel_l1inf(
     Args:
       eta: the radius (number, scalar array or ``{path_pattern: radius}``).
       where: which leaves (default: kernels).
-      group_axis: ``None``/``"inputs"``, ``"outputs"`` or an axis index.
+      group_axis: ``None``/``"input"``, ``"output"`` or an axis index.
       every_k_steps: project on every k-th update only.
       global_budget: one outer budget for the groups of all selected leaves together.
 
@@ -624,7 +624,7 @@ def project_l1inf(
     Args:
       eta: the radius (number, scalar array or ``{path_pattern: radius}``).
       where: which leaves (default: kernels).
-      group_axis: ``None``/``"inputs"``, ``"outputs"`` or an axis index.
+      group_axis: ``None``/``"input"``, ``"output"`` or an axis index.
       every_k_steps: project on every k-th update only.
       global_budget: one ball for the groups of all selected leaves together (groups of
         different sizes are zero-padded, which does not change the projection).

@@ -1,0 +1,478 @@
+r"""Proximal-gradient training as Optax transformations, and Proximal RMSProp (seed 003).
+
+A prox transformation maps the point ``params + updates`` reached by the optimizer before it
+through a proximal operator of :mod:`sparsejax.prox` and returns the update that lands there:
+
+.. math::
+
+   u' = \operatorname{prox}_{\lambda \mu H}(w + u) - w .
+
+It therefore goes **last** in a chain and needs ``params``; with ``optax.sgd(lr)`` before it
+and ``step_size=lr`` it is proximal SGD (ISTA with minibatches)::
+
+    tx = optax.chain(optax.sgd(1e-2), sparsejax.prox_l1(lam=1e-4, step_size=1e-2))
+
+The threshold is ``lam * step_size``: pass the step of the optimizer before it (the same
+number, or the same schedule: it is evaluated at the same step count) so that ``lam`` is the
+weight of the penalty in the objective ``loss + lam * H``.
+
+:func:`proximal_rmsprop` is the paper's optimizer as one transformation: RMSProp on the loss
+gradient, then the prox with each weight's own RMSProp step as ``mu``.
+
+Which leaves, which groups, how often
+-------------------------------------
+``where`` and per-layer budgets (``lam={"pattern": value}``) work as for the projections
+(:mod:`sparsejax.selection`): by default every ``kernel`` with ``ndim >= 2``. ``group`` is
+``"weight"``, ``"kernel"``, ``"input"`` or ``"output"`` (:mod:`sparsejax.prox`).
+``every_k_steps=k`` applies the prox on updates ``k, 2k, 3k, ...`` only (the others pass the
+updates through unchanged); the paper applies it once per epoch (``k`` = batches per epoch).
+Numeric hyperparameters may be traced, so every factory here works under
+``optax.inject_hyperparams``.
+
+Reference: A. Formanek, D. Hadhazi, "Compressing convolutional neural networks by L0
+regularization", Sec. II.C, eqs. (16)-(18).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from optax._src import base as optax_base
+
+from sparsejax import prox, selection
+
+StepSize = Any  # a non-negative number, a scalar array, or an optax schedule
+
+_PENALTIES = ("l0", "l1")
+
+
+class ProxState(NamedTuple):
+    """State of a prox transformation.
+
+    Attributes:
+      count: number of updates seen so far (``int32``). The step-size schedule is evaluated at
+        ``count`` and the prox runs when ``(count + 1) % every_k_steps == 0``.
+    """
+
+    count: jax.Array
+
+
+class ProximalRMSPropState(NamedTuple):
+    """State of :func:`proximal_rmsprop`.
+
+    Attributes:
+      count: number of updates seen so far (``int32``); the learning-rate schedule is evaluated
+        at ``count`` and the prox runs when ``(count + 1) % every_k_steps == 0``.
+      nu: running average of the squared loss gradient, one per parameter (never sees the
+        penalty).
+    """
+
+    count: jax.Array
+    nu: Any
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_every_k_steps(every_k_steps: Any) -> None:
+    if isinstance(every_k_steps, jax.core.Tracer):
+        return
+    value = np.asarray(every_k_steps)
+    if value.shape or value.dtype.kind not in "iu" or value < 1:
+        raise ValueError(f"every_k_steps must be an integer >= 1, got {every_k_steps!r}")
+
+
+def _check_budget(budget: Any, name: str, *, upper: float | None = None) -> None:
+    values = budget.items() if isinstance(budget, Mapping) else [(None, budget)]
+    for pattern, value in values:
+        label = name if pattern is None else f"{name}[{pattern!r}]"
+        selection.check_radius(value, label)
+        if upper is not None and not isinstance(value, jax.core.Tracer):
+            if np.any(np.asarray(value) > upper):
+                raise ValueError(f"{label} must be in [0, {upper}], got {value!r}")
+
+
+def _check_step_size(step_size: Any, name: str) -> None:
+    if not callable(step_size):
+        selection.check_radius(step_size, name)
+
+
+def _check_choice(value: Any, choices: tuple[str, ...], name: str) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {name}={value!r}")
+
+
+def _value_at(step_size: StepSize, count: jax.Array) -> Any:
+    return step_size(count) if callable(step_size) else step_size
+
+
+# --------------------------------------------------------------------------- shared machinery
+
+
+def _selected_indices(params: Any, budget: Any, where: Any, name: str, group: str) -> list:
+    """Returns ``(index, path, budget)`` of every selected leaf; checks the group fits it."""
+    budgets = selection.leaf_budgets(params, budget, where, name=name)
+    flat_budgets = jax.tree_util.tree_leaves(budgets, is_leaf=lambda b: b is None)
+    flat, _ = jax.tree_util.tree_flatten_with_path(params)
+    chosen = []
+    for index, ((path, leaf), value) in enumerate(zip(flat, flat_budgets)):
+        if value is None:
+            continue
+        name_of_leaf = selection.path_string(path)
+        try:
+            prox.group_axes(np.ndim(leaf), group)
+        except ValueError as err:
+            raise ValueError(
+                f"parameter {name_of_leaf!r} of shape {np.shape(leaf)}: {err}"
+            ) from err
+        chosen.append((index, name_of_leaf, value))
+    return chosen
+
+
+def _apply_to_selected(operator, params, updates, chosen, steps, due, every_k_steps):
+    """``operator(params + updates) - params`` on the selected leaves when ``due``.
+
+    ``steps`` is a list (flat, like ``params``) of per-leaf step sizes. Leaves that are not
+    selected, and every leaf on steps that are not due, keep their update bit for bit.
+    """
+    flat_params, treedef = jax.tree_util.tree_flatten(params)
+    flat_updates = treedef.flatten_up_to(updates)
+
+    def proximal(selected_updates):
+        out = []
+        for (index, _, budget), update in zip(chosen, selected_updates):
+            param = flat_params[index]
+            dtype = jnp.promote_types(jnp.result_type(param, update), jnp.float32)
+            moved = param.astype(dtype) + update.astype(dtype)
+            landed = operator(moved, budget, steps[index])
+            out.append((landed - param.astype(dtype)).astype(update.dtype))
+        return out
+
+    selected = [flat_updates[index] for index, _, _ in chosen]
+    if isinstance(every_k_steps, int) and every_k_steps == 1:
+        selected = proximal(selected)
+    else:
+        selected = jax.lax.cond(due, proximal, list, selected)
+    new_updates = list(flat_updates)
+    for (index, _, _), update in zip(chosen, selected):
+        new_updates[index] = update
+    return jax.tree_util.tree_unflatten(treedef, new_updates)
+
+
+def _prox_transformation(operator, budget, budget_name, step_size, group, where, every_k_steps):
+    """Builds the transformation shared by :func:`prox_l1`, :func:`prox_l0`,
+    :func:`prune_to_rate`: ``operator(x, budget, step)`` applied to the selected leaves."""
+
+    def init_fn(params):
+        _selected_indices(params, budget, where, budget_name, group)
+        return ProxState(count=jnp.zeros((), jnp.int32))
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError(optax_base.NO_PARAMS_MSG)
+        chosen = _selected_indices(params, budget, where, budget_name, group)
+        step = _value_at(step_size, state.count)
+        steps = [step] * len(jax.tree_util.tree_leaves(params))
+        due = (state.count + 1) % every_k_steps == 0
+        new_updates = _apply_to_selected(
+            operator, params, updates, chosen, steps, due, every_k_steps
+        )
+        return new_updates, ProxState(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+# --------------------------------------------------------------------------- public factories
+
+
+def prox_l1(
+    lam: selection.Budget,
+    step_size: StepSize = 1.0,
+    *,
+    group: str = "weight",
+    where: selection.Where = None,
+    every_k_steps: int = 1,
+) -> optax.GradientTransformation:
+    r"""Proximal step of the (group) L1 penalty: soft thresholding / group shrinkage.
+
+    .. math::
+
+       u' = \operatorname{prox}_{\lambda s \|\cdot\|}(w + u) - w, \qquad
+       \operatorname{prox}_{t\|\cdot\|}(z)_g = z_g \max\big(1 - t / \|z_g\|_F, 0\big),
+
+    with ``s`` the step size and groups as in :mod:`sparsejax.prox` (``"weight"`` gives
+    ``sign(z) max(|z| - lam s, 0)``). Chained after ``optax.sgd(s)`` it is proximal SGD for
+    ``loss + lam * sum_g ||w_g||_F``.
+
+    Args:
+      lam: the penalty weight, one number for every selected leaf or ``{path_pattern: lam}``.
+      step_size: the step ``s`` of the optimizer before this one: a number or an optax schedule
+        (evaluated at this transformation's step count). The threshold is ``lam * s``.
+      group: ``"weight"``, ``"kernel"``, ``"input"`` or ``"output"``.
+      where: which leaves (default: ``kernel`` leaves with ``ndim >= 2``).
+      every_k_steps: apply the prox on every k-th update only (``1``: every step).
+
+    Returns:
+      An ``optax.GradientTransformation`` to place last in a chain.
+
+    Raises:
+      ValueError: a negative ``lam``/``step_size``, a bad ``group`` or ``every_k_steps`` (when
+        built); a ``where``/``lam`` pattern that matches nothing, or a group that does not fit
+        a selected leaf (when initialised); missing ``params`` (when updated).
+
+    >>> import jax.numpy as jnp, optax, sparsejax
+    >>> params = {"kernel": jnp.array([[3.0, -1.0], [0.5, 0.2]])}
+    >>> tx = optax.chain(optax.sgd(0.5), sparsejax.prox_l1(lam=2.0, step_size=0.5))
+    >>> grads = {"kernel": jnp.zeros((2, 2))}
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> optax.apply_updates(params, updates)["kernel"].tolist()
+    [[2.0, 0.0], [0.0, 0.0]]
+
+    Reference: Formanek & Hadhazi, eqs. (9), (12)-(14), (16)-(17).
+    """
+    _check_budget(lam, "lam")
+    _check_step_size(step_size, "step_size")
+    prox.check_group(group)
+    _check_every_k_steps(every_k_steps)
+
+    def operator(x, lam_of_leaf, step):
+        return prox.l1(x, lam_of_leaf, step, group=group)
+
+    return _prox_transformation(operator, lam, "lam", step_size, group, where, every_k_steps)
+
+
+def prox_l0(
+    lam: selection.Budget,
+    step_size: StepSize = 1.0,
+    *,
+    group: str = "weight",
+    where: selection.Where = None,
+    every_k_steps: int = 1,
+) -> optax.GradientTransformation:
+    r"""Proximal step of the (group) L0 penalty: hard thresholding of weights or groups.
+
+    .. math::
+
+       u' = \operatorname{prox}_{\lambda s \|\cdot\|_0}(w + u) - w, \qquad
+       \operatorname{prox}(z)_g = z_g \big[\|z_g\|_F^2 > 2 \lambda s\big],
+
+    i.e. a weight (or group) survives iff its squared (Frobenius) norm exceeds ``2 lam s``.
+    Chained after ``optax.sgd(s)`` it is proximal SGD for ``loss + lam * #nonzero groups``.
+
+    Args:
+      lam: the penalty weight, one number for every selected leaf or ``{path_pattern: lam}``.
+      step_size: the step ``s`` of the optimizer before this one (number or schedule).
+      group: ``"weight"``, ``"kernel"``, ``"input"`` or ``"output"``.
+      where: which leaves (default: ``kernel`` leaves with ``ndim >= 2``).
+      every_k_steps: apply the prox on every k-th update only.
+
+    Returns:
+      An ``optax.GradientTransformation`` to place last in a chain.
+
+    Raises:
+      ValueError: as :func:`prox_l1`.
+
+    >>> import jax.numpy as jnp, optax, sparsejax
+    >>> params = {"kernel": jnp.array([[3.0, -1.0], [0.5, 0.2]])}
+    >>> tx = optax.chain(optax.sgd(0.5), sparsejax.prox_l0(lam=1.0, step_size=0.5))
+    >>> grads = {"kernel": jnp.zeros((2, 2))}
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> optax.apply_updates(params, updates)["kernel"].tolist()
+    [[3.0, 0.0], [0.0, 0.0]]
+
+    Reference: Formanek & Hadhazi, eqs. (10)-(14), (16)-(17).
+    """
+    _check_budget(lam, "lam")
+    _check_step_size(step_size, "step_size")
+    prox.check_group(group)
+    _check_every_k_steps(every_k_steps)
+
+    def operator(x, lam_of_leaf, step):
+        return prox.l0(x, lam_of_leaf, step, group=group)
+
+    return _prox_transformation(operator, lam, "lam", step_size, group, where, every_k_steps)
+
+
+def prune_to_rate(
+    rate: selection.Budget,
+    *,
+    group: str = "weight",
+    where: selection.Where = None,
+    every_k_steps: int = 1,
+) -> optax.GradientTransformation:
+    r"""Zeroes, in each selected leaf, the fraction ``rate`` of groups with the smallest norm.
+
+    The paper's "L0 with compression rate": the L0 prox whose threshold is chosen per layer as
+    the ``rate``-quantile of the group Frobenius norms, i.e. exactly ``round(rate * G)`` of the
+    ``G`` groups of each leaf become zero (ties: see :func:`sparsejax.prox.prune_smallest`).
+    This fixes the final size of every layer, whatever the scale of its weights.
+
+    Args:
+      rate: the fraction in ``[0, 1]``, one for every selected leaf or ``{path_pattern: rate}``.
+      group: ``"weight"``, ``"kernel"``, ``"input"`` or ``"output"``.
+      where: which leaves (default: ``kernel`` leaves with ``ndim >= 2``).
+      every_k_steps: prune on every k-th update only (the paper: once per epoch).
+
+    Returns:
+      An ``optax.GradientTransformation`` to place last in a chain.
+
+    Raises:
+      ValueError: a ``rate`` outside ``[0, 1]``, otherwise as :func:`prox_l1`.
+
+    >>> import jax.numpy as jnp, optax, sparsejax
+    >>> params = {"kernel": jnp.array([[3.0, -1.0], [0.5, 0.2], [1.0, 1.0]])}
+    >>> tx = optax.chain(optax.sgd(0.1), sparsejax.prune_to_rate(1 / 3, group="input"))
+    >>> grads = {"kernel": jnp.zeros((3, 2))}
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> optax.apply_updates(params, updates)["kernel"].tolist()
+    [[3.0, -1.0], [0.0, 0.0], [1.0, 1.0]]
+
+    Reference: Formanek & Hadhazi, Sec. II.C ("L0 with compression rate").
+    """
+    _check_budget(rate, "rate", upper=1.0)
+    prox.check_group(group)
+    _check_every_k_steps(every_k_steps)
+
+    def operator(x, rate_of_leaf, step):
+        del step
+        return prox.prune_smallest(x, rate_of_leaf, group=group)
+
+    return _prox_transformation(operator, rate, "rate", 1.0, group, where, every_k_steps)
+
+
+def proximal_rmsprop(
+    learning_rate: StepSize,
+    lam: selection.Budget | None = None,
+    *,
+    penalty: str = "l0",
+    group: str = "weight",
+    rate: selection.Budget | None = None,
+    every_k_steps: int = 1,
+    decay: float = 0.9,
+    eps: float = 1e-8,
+    where: selection.Where = None,
+) -> optax.GradientTransformation:
+    r"""Proximal RMSProp (seed 003): RMSProp on the loss, then an L0/L1 prox every k steps.
+
+    .. math::
+
+       \nu &\leftarrow \rho\, \nu + (1 - \rho)\, g^2, \qquad
+       \mu = \frac{\eta}{\sqrt{\nu} + \epsilon}, \qquad
+       z = w - \mu \odot g, \\
+       w &\leftarrow \operatorname{prox}_{\lambda H}^{\mu}(z)
+       \quad\text{on updates } k, 2k, \dots \quad (\text{else } w \leftarrow z),
+
+    where ``g`` is the gradient of the loss only (the squared-gradient average ``nu`` never sees
+    the penalty, as the paper prescribes) and the prox is taken with each weight's current
+    RMSProp step ``mu`` (:func:`sparsejax.prox.l0` / :func:`sparsejax.prox.l1`: keep a weight iff
+    ``z^2 > 2 lam mu``, keep a group iff ``sum z^2 / mu > 2 lam``; soft/group shrinkage in the
+    metric ``diag(1/mu)``). With ``rate=p`` instead of ``lam`` the prox is the paper's "L0 with
+    compression rate": the fraction ``p`` of groups with the smallest Frobenius norm is zeroed in
+    every selected leaf (:func:`sparsejax.prox.prune_smallest`). RMSProp acts on every leaf; the
+    prox only on the selected ones. The prox's ``lam`` weighs the penalty once per application,
+    so with ``every_k_steps=k`` its effective weight per gradient step is ``lam / k``.
+
+    A weight whose loss gradient has always been exactly zero has ``mu = lr / eps``, so any
+    positive ``lam`` removes it: the loss does not depend on it, and the penalty does.
+
+    Args:
+      learning_rate: ``eta``, a number or an optax schedule of the step count.
+      lam: the penalty weight (number or ``{path_pattern: lam}``); give it or ``rate``.
+      penalty: ``"l0"`` (the paper's choice) or ``"l1"``.
+      group: ``"weight"``, ``"kernel"``, ``"input"`` or ``"output"`` (the paper's channel-wise
+        regularization prunes output filters: ``"output"``).
+      rate: the compression rate in ``[0, 1]`` (number or ``{path_pattern: rate}``); selects
+        the "L0 with compression rate" mode. Give it or ``lam``, and only with ``penalty="l0"``.
+      every_k_steps: apply the prox on every k-th update only; the paper applies it once per
+        epoch (``k`` = number of batches per epoch).
+      decay: ``rho``, the decay of the squared-gradient average (the paper's ``nu = 0.9``).
+      eps: ``epsilon``, added to ``sqrt(nu)``.
+      where: which leaves the prox acts on (default: ``kernel`` leaves with ``ndim >= 2``).
+
+    Returns:
+      An ``optax.GradientTransformation``; it needs ``params`` in ``update``.
+
+    Raises:
+      ValueError: both or neither of ``lam``/``rate``, ``rate`` with ``penalty="l1"``, a bad
+        ``penalty``, ``group``, ``decay``, ``eps``, learning rate, ``lam``, ``rate`` or
+        ``every_k_steps`` (when built); a ``where``/pattern that matches nothing or a group
+        that does not fit a selected leaf (when initialised); missing ``params`` (when updated).
+
+    >>> import jax, jax.numpy as jnp, optax, sparsejax
+    >>> params = {"kernel": jnp.array([[2.0, 0.01], [-1.0, 0.02]])}
+    >>> tx = sparsejax.proximal_rmsprop(1e-2, lam=1e-2)
+    >>> grads = {"kernel": jnp.full((2, 2), 0.1)}
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> optax.apply_updates(params, updates)["kernel"].round(3).tolist()
+    [[1.968, 0.0], [-1.032, 0.0]]
+
+    Reference: Formanek & Hadhazi, Sec. II.C, eq. (18).
+    """
+    operator, budget, budget_name = _rmsprop_prox(lam, penalty, group, rate)
+    _check_step_size(learning_rate, "learning_rate")
+    _check_every_k_steps(every_k_steps)
+    _check_decay(decay)
+    selection.check_radius(eps, "eps")
+
+    def init_fn(params):
+        _selected_indices(params, budget, where, budget_name, group)
+        nu = jax.tree_util.tree_map(jnp.zeros_like, params)
+        return ProximalRMSPropState(count=jnp.zeros((), jnp.int32), nu=nu)
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError(optax_base.NO_PARAMS_MSG)
+        chosen = _selected_indices(params, budget, where, budget_name, group)
+        nu = jax.tree_util.tree_map(
+            lambda n, g: decay * n + (1 - decay) * jnp.square(g), state.nu, updates
+        )
+        lr = _value_at(learning_rate, state.count)
+        steps = jax.tree_util.tree_map(lambda n: lr / (jnp.sqrt(n) + eps), nu)
+        rms_updates = jax.tree_util.tree_map(
+            lambda g, mu: (-mu * g).astype(g.dtype), updates, steps
+        )
+        due = (state.count + 1) % every_k_steps == 0
+        new_updates = _apply_to_selected(
+            operator,
+            params,
+            rms_updates,
+            chosen,
+            jax.tree_util.tree_leaves(steps),
+            due,
+            every_k_steps,
+        )
+        return new_updates, ProximalRMSPropState(count=optax.safe_increment(state.count), nu=nu)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _check_decay(decay: Any) -> None:
+    selection.check_radius(decay, "decay")
+    if not isinstance(decay, jax.core.Tracer) and not np.asarray(decay) < 1:
+        raise ValueError(f"decay must be in [0, 1), got {decay!r}")
+
+
+def _rmsprop_prox(lam, penalty, group, rate) -> tuple[Callable, Any, str]:
+    """Validates the penalty arguments of :func:`proximal_rmsprop`; returns its operator."""
+    _check_choice(penalty, _PENALTIES, "penalty")
+    prox.check_group(group)
+    if (lam is None) == (rate is None):
+        raise ValueError(
+            f"proximal_rmsprop needs exactly one of lam (penalty weight) and rate "
+            f"(compression rate); got lam={lam!r}, rate={rate!r}"
+        )
+    if rate is not None:
+        if penalty != "l0":
+            raise ValueError(
+                f"rate (L0 with compression rate) needs penalty='l0', got penalty={penalty!r}"
+            )
+        _check_budget(rate, "rate", upper=1.0)
+        return (lambda x, r, mu: prox.prune_smallest(x, r, group=group)), rate, "rate"
+    _check_budget(lam, "lam")
+    penalty_prox = prox.l0 if penalty == "l0" else prox.l1
+    return (lambda x, lam_of_leaf, mu: penalty_prox(x, lam_of_leaf, mu, group=group)), lam, "lam"
