@@ -1,4 +1,4 @@
-"""Tests for sparsejax.xrda: xRDA with adaptively weighted l1 (seed 002)."""
+"""Tests for sparsejax.dual_averaging: xRDA with adaptively weighted l1 (seed 002)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import Lasso
 
 import sparsejax
-from sparsejax.constraints import project_l11
-from sparsejax.xrda import XRDAState, adaptive_l1_weight
+from sparsejax.dual_averaging import XRDAState, adaptive_l1_weight
 
 # ----------------------------------------------------------------------------- NumPy reference
 
@@ -298,7 +297,7 @@ def _numpy_l11(kernel, eta):
 def test_chain_with_l11_projection():
     eta, lam, steps = 2.0, 0.02, 8
     kwargs = dict(total_steps=steps, learning_rate=0.3, lam=lam, beta=0.1)
-    chained = optax.chain(sparsejax.xrda(**kwargs), project_l11(eta))
+    chained = optax.chain(sparsejax.xrda(**kwargs), sparsejax.project_l11(eta))
     grad_fn = _noisy_quadratic(6)
     got, _ = _run(chained, _kernel_only(), grad_fn, steps)
     # reference: the xRDA step on the weights the model holds, then the projection
