@@ -10,6 +10,9 @@ Layers, each depending only on the ones above it:
 This module only re-exports; see the submodules for the documentation.
 """
 
+# --- exact and bi-level projections, pure array functions (issue 2) ---
+from sparsejax import projections
+
 # --- constraints, lottery, selection (lead) ---
 from sparsejax.constraints import (
     ProjectionState,
@@ -21,6 +24,9 @@ from sparsejax.constraints import (
     project_l111,
     project_nuclear,
 )
+
+# --- xRDA with adaptively weighted l1 (seed 002) ---
+from sparsejax.dual_averaging import XRDAState, xrda
 from sparsejax.lottery import (
     KeepPrunedState,
     keep_pruned,
@@ -51,10 +57,10 @@ from sparsejax.proximal import (
     prune_to_rate,
 )
 from sparsejax.selection import path_string, selected_leaves
-from sparsejax.surgery import ShrunkenLinenModel, remove_dead_units  # issue 5
 
-# --- xRDA with adaptively weighted l1 (seed 002) ---
-from sparsejax.xrda import XRDAState, xrda
+# --- SIS, post-training sparsification by subdifferential inclusion (seed 004, issue 7) ---
+from sparsejax.sis import SISLayerRecord, sis_layers, sis_sparsify
+from sparsejax.surgery import ShrunkenLinenModel, remove_dead_units  # issue 5
 
 __version__ = "0.1.0"
 
@@ -65,6 +71,7 @@ __all__ = [
     "ProjectionState",
     "ProxState",
     "ProximalRMSPropState",
+    "SISLayerRecord",
     "ShrunkenLinenModel",
     "XRDAState",
     "__version__",
@@ -83,6 +90,7 @@ __all__ = [
     "project_l111",
     "project_nuclear",
     "project_once",
+    "projections",
     "prox_l0",
     "prox_l1",
     "proximal_rmsprop",
@@ -90,6 +98,8 @@ __all__ = [
     "remove_dead_units",
     "rewind",
     "selected_leaves",
+    "sis_layers",
+    "sis_sparsify",
     "sparsity",
     "support_mask",
     "xrda",

@@ -136,7 +136,9 @@ class _L21(_BiLevel):
     name = "l21"
 
     def measure(self, x, axis):
-        norms = jnp.sqrt(jnp.sum(jnp.square(_rows(x, axis)), axis=1))
+        squares = jnp.sum(jnp.square(_rows(x, axis)), axis=1)
+        # sqrt has an infinite slope at 0: keep it out of the gradient of zero groups.
+        norms = jnp.where(squares > 0, jnp.sqrt(jnp.where(squares > 0, squares, 1.0)), 0.0)
         return norms, norms
 
     def shrink(self, x, axis, t, norms, warm):
