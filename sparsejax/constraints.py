@@ -24,8 +24,9 @@ attached to one **input unit** of a layer:
 * Conv kernel ``(kh, kw, in, out)``: group ``c`` is ``kernel[:, :, c, :]`` — every filter's
   weights on input channel ``c``; a zero group removes input channel ``c``.
 
-``group_axis="output"`` (or ``"outputs"``) groups by output unit instead (column ``kernel[:, j]``, filter
-``kernel[..., j]``): a zero group removes output neuron/filter ``j`` of this layer.
+``group_axis="output"`` (or ``"outputs"``) groups by output unit instead (column
+``kernel[:, j]``, filter ``kernel[..., j]``): a zero group removes output neuron/filter ``j`` of
+this layer.
 An integer picks the axis explicitly for every selected leaf.
 
 Budgets
