@@ -313,14 +313,6 @@ def _check_group_axis(group_axis) -> None:
     raise ValueError(f"group_axis must be None, 'input', 'output' or an int; got {group_axis!r}")
 
 
-def _check_every_k_steps(every_k_steps) -> None:
-    if isinstance(every_k_steps, jax.core.Tracer):
-        return  # scheduled through inject_hyperparams; checked when it was concrete
-    value = np.asarray(every_k_steps)
-    if value.shape or value.dtype.kind not in "iu" or value < 1:
-        raise ValueError(f"every_k_steps must be an integer >= 1, got {every_k_steps!r}")
-
-
 def _selected(params, eta, where, group_axis, constraint, global_budget) -> list[_Leaf]:
     budget = 0.0 if global_budget else eta
     budgets = selection.leaf_budgets(params, budget, where, name="eta")
@@ -356,15 +348,11 @@ def _projection(
     global_budget: bool,
 ) -> optax.GradientTransformation:
     """Builds the transformation shared by every ``project_*`` factory."""
-    if isinstance(eta, Mapping):
-        if global_budget:
-            raise ValueError("global_budget=True takes one radius eta, not a mapping")
-        for pattern, value in eta.items():
-            selection.check_radius(value, f"eta[{pattern!r}]")
-    else:
-        selection.check_radius(eta, "eta")
+    if isinstance(eta, Mapping) and global_budget:
+        raise ValueError("global_budget=True takes one radius eta, not a mapping")
+    selection.check_budget(eta, "eta")
     _check_group_axis(group_axis)
-    _check_every_k_steps(every_k_steps)
+    selection.check_every_k_steps(every_k_steps)
     if global_budget and isinstance(constraint, _NestedL111):
         raise ValueError("project_l111 takes a per-leaf eta; global_budget=True is not supported")
 

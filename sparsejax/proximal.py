@@ -79,20 +79,14 @@ class ProximalRMSPropState(NamedTuple):
 # --------------------------------------------------------------------------- validation
 
 
-def _check_every_k_steps(every_k_steps: Any) -> None:
-    if isinstance(every_k_steps, jax.core.Tracer):
-        return
-    value = np.asarray(every_k_steps)
-    if value.shape or value.dtype.kind not in "iu" or value < 1:
-        raise ValueError(f"every_k_steps must be an integer >= 1, got {every_k_steps!r}")
-
-
 def _check_budget(budget: Any, name: str, *, upper: float | None = None) -> None:
+    selection.check_budget(budget, name)
+    if upper is None:
+        return
     values = budget.items() if isinstance(budget, Mapping) else [(None, budget)]
     for pattern, value in values:
         label = name if pattern is None else f"{name}[{pattern!r}]"
-        selection.check_radius(value, label)
-        if upper is not None and not isinstance(value, jax.core.Tracer):
+        if not isinstance(value, jax.core.Tracer):
             if np.any(np.asarray(value) > upper):
                 raise ValueError(f"{label} must be in [0, {upper}], got {value!r}")
 
@@ -238,7 +232,7 @@ def prox_l1(
     _check_budget(lam, "lam")
     _check_step_size(step_size, "step_size")
     prox.check_group(group)
-    _check_every_k_steps(every_k_steps)
+    selection.check_every_k_steps(every_k_steps)
 
     def operator(x, lam_of_leaf, step):
         return prox.l1(x, lam_of_leaf, step, group=group)
@@ -290,7 +284,7 @@ def prox_l0(
     _check_budget(lam, "lam")
     _check_step_size(step_size, "step_size")
     prox.check_group(group)
-    _check_every_k_steps(every_k_steps)
+    selection.check_every_k_steps(every_k_steps)
 
     def operator(x, lam_of_leaf, step):
         return prox.l0(x, lam_of_leaf, step, group=group)
@@ -336,7 +330,7 @@ def prune_to_rate(
     """
     _check_budget(rate, "rate", upper=1.0)
     prox.check_group(group)
-    _check_every_k_steps(every_k_steps)
+    selection.check_every_k_steps(every_k_steps)
 
     def operator(x, rate_of_leaf, step):
         del step
@@ -415,7 +409,7 @@ def proximal_rmsprop(
     """
     operator, budget, budget_name = _rmsprop_prox(lam, penalty, group, rate)
     _check_step_size(learning_rate, "learning_rate")
-    _check_every_k_steps(every_k_steps)
+    selection.check_every_k_steps(every_k_steps)
     _check_decay(decay)
     selection.check_radius(eps, "eps")
 

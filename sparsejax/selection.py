@@ -141,6 +141,28 @@ def check_radius(value: Any, name: str) -> None:
         raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
 
 
+def check_budget(budget: Any, name: str) -> None:
+    """Checks a budget given as one number or as a mapping ``{pattern: number}``.
+
+    Raises:
+      ValueError: a negative or non-finite (concrete) value, naming ``name`` and the pattern.
+    """
+    if isinstance(budget, Mapping):
+        for pattern, value in budget.items():
+            check_radius(value, f"{name}[{pattern!r}]")
+    else:
+        check_radius(budget, name)
+
+
+def check_every_k_steps(every_k_steps: Any) -> None:
+    """Raises ``ValueError`` unless ``every_k_steps`` is an integer >= 1 (traced: accepted)."""
+    if isinstance(every_k_steps, jax.core.Tracer):
+        return  # scheduled through inject_hyperparams; checked when it was concrete
+    value = np.asarray(every_k_steps)
+    if value.shape or value.dtype.kind not in "iu" or value < 1:
+        raise ValueError(f"every_k_steps must be an integer >= 1, got {every_k_steps!r}")
+
+
 def leaf_budgets(params: Any, budget: Budget, where: Where, *, name: str) -> Any:
     """Returns a pytree like ``params`` holding each selected leaf's budget, ``None`` elsewhere.
 
