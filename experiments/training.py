@@ -1,0 +1,311 @@
+"""The training engine: a functional jitted step over an NNX model, phases, checkpoints.
+
+An NNX model is split once into a static graph and plain nested dicts of arrays: the trainable
+``params`` (what the Optax transformation sees; path strings such as ``fc1/kernel``) and the
+``rest`` (batch statistics, dropout keys). The jitted step merges them back, so its cost is the
+model's, with no per-call graph traversal.
+
+A training *phase* is an optimizer run for some epochs from given parameters. After every epoch
+:func:`run_phase` writes one checkpoint (params, rest, optimizer state, epoch, history) with an
+atomic rename; with ``resume=True`` it continues from the last finished epoch. A finished phase
+is recognised and not run again, so methods that share a phase (the dense pre-training) pay for
+it once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from experiments import data as data_lib
+
+__all__ = [
+    "Phase",
+    "PhaseResult",
+    "SplitModel",
+    "TrainState",
+    "evaluate",
+    "load_checkpoint",
+    "make_train_step",
+    "run_phase",
+    "save_checkpoint",
+    "split_model",
+]
+
+_EVAL_BATCH = 1000
+
+
+class SplitModel(NamedTuple):
+    """An NNX model as static graphs (training and evaluation modes) and pure-dict state."""
+
+    train_graph: Any
+    eval_graph: Any
+    params: dict
+    rest: dict
+
+
+def split_model(model: nnx.Module) -> SplitModel:
+    """Splits ``model`` into its training/evaluation graphs, params and other state."""
+    model.eval()
+    eval_graph, _, _ = nnx.split(model, nnx.Param, ...)
+    model.train()
+    train_graph, params, rest = nnx.split(model, nnx.Param, ...)
+    return SplitModel(train_graph, eval_graph, nnx.to_pure_dict(params), nnx.to_pure_dict(rest))
+
+
+def merge_model(graph: Any, params: dict, rest: dict) -> nnx.Module:
+    """Rebuilds an NNX module from :func:`split_model`'s parts."""
+    return nnx.merge(graph, params, rest)
+
+
+class TrainState(NamedTuple):
+    """Everything a phase carries from step to step (and checkpoints).
+
+    Attributes:
+      params: trainable parameters, nested dicts of arrays.
+      rest: non-trainable model state (batch statistics, dropout keys).
+      opt_state: the Optax state.
+      step: number of steps taken in this phase.
+    """
+
+    params: Any
+    rest: Any
+    opt_state: Any
+    step: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One optimizer run.
+
+    Attributes:
+      key: a unique directory name for its checkpoints (phases with the same key are the same
+        computation and are shared).
+      epochs: number of epochs.
+      make_tx: builds the Optax transformation from ``aux`` (e.g. a mask), which is passed to
+        the jitted step as an argument so that large constants never enter the program.
+      aux: the argument of ``make_tx`` (any pytree of arrays, or ``None``).
+      label: a short description for the progress bar.
+    """
+
+    key: str
+    epochs: int
+    make_tx: Callable[[Any], optax.GradientTransformation]
+    aux: Any = None
+    label: str = ""
+
+
+class PhaseResult(NamedTuple):
+    """What a phase returns: the final state, and per-epoch history dicts."""
+
+    params: Any
+    rest: Any
+    history: list
+
+
+def _loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def make_train_step(train_graph: Any, make_tx: Callable[[Any], optax.GradientTransformation]):
+    """Returns ``step(state, aux, images, labels) -> (state, loss)``, jitted, donating state."""
+
+    def step(state: TrainState, aux: Any, images: jax.Array, labels: jax.Array):
+        def loss_fn(params):
+            model = merge_model(train_graph, params, state.rest)
+            loss = _loss(model(images), labels)
+            return loss, nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
+
+        (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = make_tx(aux).update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(params, rest, opt_state, state.step + 1), loss
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def _make_eval_step(eval_graph: Any):
+    @jax.jit
+    def eval_step(params, rest, images, labels, valid):
+        logits = merge_model(eval_graph, params, rest)(images)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        correct = (jnp.argmax(logits, -1) == labels) & valid
+        return jnp.sum(correct), jnp.sum(jnp.where(valid, losses, 0.0))
+
+    return eval_step
+
+
+_EVAL_STEPS: dict[int, Callable] = {}
+
+
+def evaluate(split: SplitModel, params: Any, rest: Any, images: np.ndarray, labels: np.ndarray):
+    """Returns ``(accuracy, mean loss)`` of the model in evaluation mode.
+
+    Batches are padded to one fixed shape so that the evaluation compiles once.
+    """
+    eval_step = _EVAL_STEPS.setdefault(id(split.eval_graph), _make_eval_step(split.eval_graph))
+    batch = min(_EVAL_BATCH, len(images))
+    correct, loss_sum = 0, 0.0
+    for start in range(0, len(images), batch):
+        chunk_images = images[start : start + batch]
+        chunk_labels = labels[start : start + batch]
+        pad = batch - len(chunk_images)
+        valid = np.arange(batch) < len(chunk_images)
+        if pad:
+            chunk_images = np.concatenate([chunk_images, np.zeros_like(images[:pad])])
+            chunk_labels = np.concatenate([chunk_labels, np.zeros_like(labels[:pad])])
+        hits, losses = eval_step(params, rest, chunk_images, chunk_labels, valid)
+        correct += int(hits)
+        loss_sum += float(losses)
+    return correct / len(images), loss_sum / len(images)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _is_key_array(leaf: Any) -> bool:
+    return hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
+def save_checkpoint(path: str, state: Any, meta: dict) -> None:
+    """Writes ``state`` (any pytree of arrays) and the JSON-able ``meta`` to ``path``
+    atomically: a killed writer leaves the previous checkpoint intact."""
+    leaves = jax.tree.leaves(state)
+    arrays = {
+        f"leaf{index}": np.asarray(jax.random.key_data(leaf) if _is_key_array(leaf) else leaf)
+        for index, leaf in enumerate(leaves)
+    }
+    arrays["meta"] = np.asarray(json.dumps(meta))
+    temporary = path + ".tmp"
+    with open(temporary, "wb") as handle:
+        np.savez(handle, **arrays)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def load_checkpoint(path: str, template: Any) -> tuple[Any, dict]:
+    """Reads a checkpoint written by :func:`save_checkpoint` into the structure of
+    ``template``; raises ``ValueError`` if the stored leaves do not fit it."""
+    leaves, treedef = jax.tree.flatten(template)
+    with np.load(path) as stored:
+        meta = json.loads(str(stored["meta"]))
+        if len(stored.files) - 1 != len(leaves):
+            raise ValueError(f"checkpoint {path!r} does not match the model/optimizer structure")
+        restored = []
+        for index, leaf in enumerate(leaves):
+            value = stored[f"leaf{index}"]
+            if _is_key_array(leaf):
+                value = jax.random.wrap_key_data(value, impl=jax.random.key_impl(leaf))
+            elif np.shape(value) != np.shape(leaf):
+                raise ValueError(
+                    f"checkpoint {path!r} leaf {index} has shape {np.shape(value)}, "
+                    f"expected {np.shape(leaf)}"
+                )
+            restored.append(jnp.asarray(value, dtype=leaf.dtype))
+    return jax.tree.unflatten(treedef, restored), meta
+
+
+# ----------------------------------------------------------------------------- phases
+
+
+@dataclasses.dataclass
+class TrainData:
+    """Standardised arrays and the batching settings shared by every phase."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    batch_size: int
+    seed: int
+
+
+def _progress(total: int, description: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, leave=False, dynamic_ncols=True)
+
+
+def run_phase(
+    phase: Phase,
+    split: SplitModel,
+    params: Any,
+    rest: Any,
+    data: TrainData,
+    *,
+    workdir: str | None,
+    resume: bool,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> PhaseResult:
+    """Runs ``phase`` from ``(params, rest)``; checkpoints every epoch under
+    ``workdir/phase.key`` and, with ``resume``, continues from the last one."""
+    tx = phase.make_tx(phase.aux)
+    state = TrainState(params, rest, tx.init(params), jnp.zeros((), jnp.int32))
+    path = os.path.join(workdir, phase.key, "checkpoint.npz") if workdir else None
+    history: list = []
+    if path and resume and os.path.exists(path):
+        state, meta = load_checkpoint(path, state)
+        history = meta["history"]
+        log(f"[{phase.key}] resumed after epoch {len(history)}/{phase.epochs}")
+    elif path:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if os.path.exists(path):
+            os.remove(path)
+    if len(history) >= phase.epochs:
+        return PhaseResult(state.params, state.rest, history)
+    # The step donates its state: it must own every buffer, once (the caller may still hold
+    # the initial params, e.g. to rewind, and an optimizer state may share one zeros array).
+    state = jax.tree.map(lambda leaf: leaf.copy(), state)
+    step = make_train_step(split.train_graph, phase.make_tx)
+    steps_per_epoch = data_lib.num_batches(len(data.train_labels), data.batch_size)
+    for epoch in range(len(history), phase.epochs):
+        started = time.perf_counter()
+        bar = _progress(
+            steps_per_epoch, f"{phase.label or phase.key} {epoch + 1}/{phase.epochs}", progress
+        )
+        losses = []
+        batches = data_lib.iterate_batches(
+            data.train_images, data.train_labels, data.batch_size, seed=data.seed, epoch=epoch
+        )
+        for images, labels in batches:
+            state, loss = step(state, phase.aux, images, labels)
+            losses.append(loss)
+            if bar is not None:
+                bar.update()
+        train_loss = float(jnp.mean(jnp.stack(losses)))
+        seconds = time.perf_counter() - started
+        if bar is not None:
+            bar.close()
+        accuracy, test_loss = evaluate(
+            split, state.params, state.rest, data.test_images, data.test_labels
+        )
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": round(train_loss, 5),
+                "test_loss": round(test_loss, 5),
+                "test_accuracy": round(accuracy, 5),
+                "seconds": round(seconds, 2),
+            }
+        )
+        log(
+            f"[{phase.key}] epoch {epoch + 1}/{phase.epochs}  loss {train_loss:.4f}  "
+            f"test acc {100 * accuracy:.2f}%  ({seconds:.1f} s)"
+        )
+        if path:
+            save_checkpoint(path, state, {"history": history})
+    return PhaseResult(state.params, state.rest, history)

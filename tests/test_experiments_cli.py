@@ -1,0 +1,157 @@
+"""The training CLI end to end on a tiny subset, checkpoints, and resuming a killed run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import train, training
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--dataset", "digits", "--limit-train", "256", "--limit-test", "120", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("tiny")
+    out = workdir / "result.json"
+    argv = [*TINY, "--method", "adam", "pgl11", "magnitude", "--epochs", "2"]
+    argv += ["--retrain-epochs", "1", "--batch-size", "32", "--eta", "30"]
+    argv += ["--workdir", str(workdir), "--out", str(out)]
+    train.main(argv)
+    with open(out) as handle:
+        return json.load(handle), workdir
+
+
+def test_result_json_records_the_run(tiny_run):
+    result, _ = tiny_run
+    assert result["command"].startswith("python -m experiments.train --dataset digits")
+    assert result["seed"] == 0 and result["wall_time_s"] > 0
+    assert result["versions"]["jax"] == jax.__version__
+    assert result["dataset"]["train_examples"] == 256 and result["dataset"]["test_examples"] == 120
+    assert result["model"] == {
+        "name": "lenet300_100",
+        "dense_maccs": 64 * 300 + 300 * 100 + 100 * 10,
+        "params": 64 * 300 + 300 * 100 + 100 * 10 + 410,
+        "constrained_layers": "^fc[12]/kernel$",
+    }
+    assert [r["method"] for r in result["results"]] == ["adam", "pgl11", "magnitude"]
+    assert result["baseline"]["name"].startswith("adam")
+
+
+def test_every_method_has_its_figures(tiny_run):
+    result, _ = tiny_run
+    adam, pgl11, magnitude = result["results"]
+    for entry in result["results"]:
+        summary = entry["summary"]
+        assert 0.0 <= entry["test_accuracy"] <= 1.0
+        assert summary["accuracy_%"] == round(100 * entry["test_accuracy"], 2)
+        assert summary["dense_maccs"] == result["model"]["dense_maccs"]
+        assert 0 < summary["effective_maccs"] <= summary["dense_maccs"]
+        assert summary["entropy_kB"] > 0 and summary["zlib_kB"] > 0
+    assert adam["summary"]["maccs_%"] == 100.0 and adam["summary"]["sparsity_%"] == 0.0
+    assert [len(h) for h in adam["history"].values()] == [2]
+    assert [len(h) for h in pgl11["history"].values()] == [2, 2, 1]
+    # The projection zeroes whole input units; magnitude pruning matches its sparsity.
+    assert pgl11["summary"]["effective_maccs"] < adam["summary"]["effective_maccs"]
+    assert pgl11["summary"]["sparsity_%"] > 20
+    assert magnitude["settings"]["sparsity"] == pytest.approx(
+        _constrained_sparsity(pgl11["report"]), abs=1e-3
+    )
+
+
+def _constrained_sparsity(report):
+    rows = [row for row in report["layers"] if row["name"] in ("fc1", "fc2")]
+    kernels = [row["kernel_shape"][0] * row["kernel_shape"][1] for row in rows]
+    zeros = [row["zeros"] for row in rows]  # biases of these layers stay nonzero
+    return sum(zeros) / sum(kernels)
+
+
+def test_checkpoints_hold_the_final_weights(tiny_run):
+    _, workdir = tiny_run
+    dense_dirs = [d for d in os.listdir(workdir) if d.startswith("dense-e2")]
+    assert len(dense_dirs) == 1
+    path = os.path.join(workdir, dense_dirs[0], "checkpoint.npz")
+    with np.load(path) as stored:
+        meta = json.loads(str(stored["meta"]))
+    assert [epoch["epoch"] for epoch in meta["history"]] == [1, 2]
+
+
+def test_checkpoint_round_trip_with_prng_keys(tmp_path):
+    state = {"w": jnp.arange(3.0), "key": jax.random.key(3), "n": jnp.int32(7)}
+    training.save_checkpoint(str(tmp_path / "c.npz"), state, {"a": 1})
+    template = jax.tree.map(jnp.zeros_like, {"w": state["w"], "n": state["n"]})
+    template["key"] = jax.random.key(0)
+    restored, meta = training.load_checkpoint(str(tmp_path / "c.npz"), template)
+    assert meta == {"a": 1}
+    np.testing.assert_array_equal(restored["w"], state["w"])
+    assert int(restored["n"]) == 7
+    np.testing.assert_array_equal(
+        jax.random.key_data(restored["key"]), jax.random.key_data(state["key"])
+    )
+    with pytest.raises(ValueError, match="shape"):
+        training.load_checkpoint(str(tmp_path / "c.npz"), {**template, "w": jnp.zeros(4)})
+
+
+def test_bad_arguments_exit_with_a_message(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--eta", "-3"])
+    assert "--eta" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--sparsity"):
+        train.main(["--method", "magnitude"])
+    with pytest.raises(SystemExit, match="--layers"):
+        train.main(["--layers", "fc[1"])
+
+
+def _checkpointed_epochs(workdir):
+    if not os.path.isdir(workdir):
+        return 0
+    for directory in os.listdir(workdir):
+        path = os.path.join(workdir, directory, "checkpoint.npz")
+        if directory.startswith("dense") and os.path.exists(path):
+            try:
+                with np.load(path) as stored:
+                    return len(json.loads(str(stored["meta"]))["history"])
+            except (OSError, ValueError, KeyError):
+                return 0
+    return 0
+
+
+def test_resume_after_a_kill(tmp_path):
+    epochs = 12
+    args = [*TINY, "--method", "adam", "--epochs", str(epochs), "--batch-size", "8"]
+    killed_dir = tmp_path / "killed"
+    command = [sys.executable, "-m", "experiments.train", *args, "--workdir", str(killed_dir)]
+    env = {**os.environ, "PYTHONPATH": REPO}
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while _checkpointed_epochs(killed_dir) < 2 and time.monotonic() < deadline:
+        assert process.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = _checkpointed_epochs(killed_dir)
+    assert 2 <= finished < epochs
+
+    loud = [arg for arg in command if arg != "--quiet"]  # per-epoch lines and notices
+    resumed = subprocess.run(
+        [*loud, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    )
+    assert f"resumed after epoch {finished}/{epochs}" in resumed.stdout
+    with open(killed_dir / "result.json") as handle:
+        history = json.load(handle)["results"][0]["history"]["dense"]
+    assert [epoch["epoch"] for epoch in history] == list(range(1, epochs + 1))
+
+    reference_dir = tmp_path / "reference"
+    train.main([*args, "--workdir", str(reference_dir)])
+    with open(reference_dir / "result.json") as handle:
+        reference = json.load(handle)["results"][0]["history"]["dense"]
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]
+    assert strip(history) == strip(reference)

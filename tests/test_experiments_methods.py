@@ -1,0 +1,109 @@
+"""experiments.methods: the schedules' semantics and the dead-unit mask, on tiny data."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+import sparsejax
+from experiments import data as data_lib
+from experiments import methods, models, training
+
+LAYERS = r"^fc[12]/kernel$"
+
+
+def _reference_alive(kernels):
+    """Hidden units reachable from the inputs and reaching the outputs (graph search)."""
+    forward = [np.ones(kernels[0].shape[0], bool)]
+    for kernel in kernels:
+        forward.append((forward[-1][:, None] & (kernel != 0)).any(0))
+    backward = [np.ones(kernels[-1].shape[1], bool)]
+    for kernel in reversed(kernels):
+        backward.insert(0, ((kernel != 0) & backward[0][None, :]).any(1))
+    return [f & b for f, b in zip(forward[1:-1], backward[1:-1])]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_prune_dead_units_matches_a_graph_search(seed):
+    rng = np.random.default_rng(seed)
+    widths = (6, 7, 5, 4, 3)
+    params, mask = {}, {}
+    for index, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:]), start=1):
+        kernel = rng.normal(size=(fan_in, fan_out)) * (rng.uniform(size=(fan_in, fan_out)) < 0.25)
+        params[f"fc{index}"] = {"kernel": kernel, "bias": rng.normal(size=fan_out)}
+        mask[f"fc{index}"] = {
+            "kernel": np.ones((fan_in, fan_out), bool),
+            "bias": np.ones(fan_out, bool),
+        }
+    pruned = methods.prune_dead_units(params, mask)
+    alive = _reference_alive([params[f"fc{i}"]["kernel"] for i in range(1, 5)])
+    for index in range(1, 5):
+        kernel_mask = np.asarray(pruned[f"fc{index}"]["kernel"])
+        live_in = np.ones(widths[0], bool) if index == 1 else alive[index - 2]
+        live_out = np.ones(widths[-1], bool) if index == 4 else alive[index - 1]
+        expected = (params[f"fc{index}"]["kernel"] != 0) & live_in[:, None] & live_out[None, :]
+        np.testing.assert_array_equal(kernel_mask, expected)
+        bias_expected = live_out if index < 4 else np.ones(widths[-1], bool)
+        np.testing.assert_array_equal(np.asarray(pruned[f"fc{index}"]["bias"]), bias_expected)
+
+
+def test_prune_dead_units_leaves_other_models_alone():
+    params = {"conv1": {"kernel": np.zeros((3, 3, 1, 2)), "bias": np.zeros(2)}}
+    mask = {"conv1": {"kernel": np.ones((3, 3, 1, 2), bool), "bias": np.ones(2, bool)}}
+    assert methods.prune_dead_units(params, mask) is mask
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    train = data_lib.load_dataset("digits", "train", limit=128)
+    test = data_lib.load_dataset("digits", "test", limit=64)
+    train_images, test_images = data_lib.standardize(train.images, test.images)
+    data = training.TrainData(train_images, train.labels, test_images, test.labels, 32, 0)
+    model = models.create_model("lenet300_100", input_shape=(8, 8, 1), seed=0)
+    return training.split_model(model), data, str(tmp_path_factory.mktemp("phases"))
+
+
+def _experiment(tiny, **changes):
+    """Experiments share one workdir: the dense phase is trained once and then resumed."""
+    split, data, workdir = tiny
+    settings = dataclasses.replace(
+        methods.Settings(layers=LAYERS, epochs=1, retrain_epochs=1), **changes
+    )
+    return methods.Experiment(
+        split, data, settings, workdir=workdir, resume=True, progress=False, log=lambda _: None
+    )
+
+
+def test_alg4_rewinds_to_the_initial_weights(tiny):
+    split = tiny[0]
+    experiment = _experiment(tiny, schedule="alg4", retrain_epochs=0)
+    result = experiment.projection("pgl11", 20.0)
+    dense = experiment.finished_dense()
+    projected = sparsejax.project_once(sparsejax.project_l11(20.0, where=LAYERS), dense.params)
+    mask = sparsejax.support_mask(projected, where=LAYERS)
+    expected = sparsejax.rewind(split.params, mask)
+    jax.tree.map(np.testing.assert_array_equal, result.params, expected)
+    norewind = _experiment(tiny, schedule="alg4_norewind", retrain_epochs=0)
+    jax.tree.map(
+        np.testing.assert_array_equal, norewind.projection("pgl11", 20.0).params, projected
+    )
+
+
+@pytest.mark.parametrize("schedule", ["alg1", "dense_alg1", "alg4"])
+def test_retraining_keeps_the_projected_zeros(tiny, schedule):
+    experiment = _experiment(tiny, schedule=schedule, retrain_epochs=2)
+    result = experiment.projection("pgl11", 20.0)
+    kernels = [np.asarray(leaf) for _, leaf in sparsejax.selected_leaves(result.params, LAYERS)]
+    zeros = sum(int((kernel == 0).sum()) for kernel in kernels)
+    assert zeros > 0
+    # whole input units (rows) vanish, not only single weights
+    assert any((kernel == 0).all(axis=1).any() for kernel in kernels)
+    assert set(result.phases) >= {"retrain"} and len(result.phases["retrain"]) == 2
+    total = sum(kernel.size for kernel in kernels)
+    assert methods.selected_sparsity(result.params, LAYERS) == pytest.approx(zeros / total)
+
+
+def test_magnitude_prunes_the_requested_fraction(tiny):
+    result = _experiment(tiny).magnitude(0.9)
+    assert methods.selected_sparsity(result.params, LAYERS) == pytest.approx(0.9, abs=1e-3)
