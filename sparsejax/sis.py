@@ -60,10 +60,14 @@ evaluated at the inertial point :math:`W + \beta (W - W_{\text{previous}})` (FIS
 :math:`\frac1K\sum_k \tilde x_k \tilde x_k^\top/\nu_k`, :math:`\tilde x_k = (x_k, 1)`, found by
 power iteration on one batch (``estimate_lipschitz=False`` uses the bound :math:`L = 1`, the
 plain normalisation of DESIGN.md). :math:`P_C` is the projection onto the sparsity constraint
-(keep the largest entries, an l1 ball, or the bi-level l1,1 ball that removes whole input
-units) or, in penalised form, the soft threshold :math:`S_{\gamma\lambda/L}`. The constraint
-is reached gradually (``ramp``): a hard projection onto the final set at the first step would
-amount to magnitude pruning.
+(keep the largest entries or the largest input units, an l1 ball, or the bi-level l1,1 ball
+that removes whole input units) or, in penalised form, the soft threshold
+:math:`S_{\gamma\lambda/L}`. The constraint is reached gradually (``ramp``): a hard projection
+onto the final set at the first step would amount to magnitude pruning. Only the l1 ball and
+the soft threshold, with ``momentum=0`` and ``ramp=0``, are covered by the classical convergence
+theory of forward-backward splitting; "keep the largest" (a non-convex set), the bi-level l1,1
+operator (not the projection onto a convex set), the ramp and the inertial step are heuristics
+whose effect is measured in ``experiments/RESULTS.md``.
 
 Conv layers treat every output position as a sample whose input is its receptive-field patch
 (im2col); the gradient is computed with the layer's own convolution (its transpose) rather
