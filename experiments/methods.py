@@ -240,6 +240,14 @@ class Experiment:
         s = self.settings
         return self._done.get(f"dense-e{s.epochs}-{self._dense_tag}")
 
+    def _retrain_label(self) -> str:
+        """How the masked retraining differs from seed 000's (same epochs, constant rate)."""
+        s = self.settings
+        parts = [f"retrain={s.retrain_epochs}"] if s.retrain_epochs != s.epochs else []
+        parts += ["cosine"] if s.retrain_lr == "cosine" else []
+        parts += ["prune-dead"] if s.prune_dead else []
+        return "".join(f" {part}" for part in parts)
+
     def _mask_of(self, params: Any) -> Any:
         """The retraining mask: the support of the constrained kernels (minus dead units)."""
         mask = sparsejax.support_mask(params, where=self.settings.layers)
@@ -303,7 +311,7 @@ class Experiment:
             mask = self._mask_of(start)
         final = self._finetune(key, start, rest, mask)
         phases["retrain"] = final.history
-        label = f"{method} eta={_eta_label(eta)} {s.schedule}"
+        label = f"{method} eta={_eta_label(eta)} {s.schedule}{self._retrain_label()}"
         return MethodResult(method, label, final.params, final.rest, phases, {"eta": eta})
 
     def magnitude(self, sparsity: float) -> MethodResult:
@@ -311,11 +319,11 @@ class Experiment:
         s = self.settings
         dense = self.dense()
         mask = sparsejax.magnitude_mask(dense.params, sparsity, where=s.layers)
+        # No dead-unit pruning here: the baseline keeps exactly the sparsity it is matched to.
         pruned = sparsejax.rewind(dense.params, mask)
-        mask = self._mask_of(pruned)
         final = self._finetune(f"magnitude-s{sparsity:.4f}-e{s.epochs}", pruned, dense.rest, mask)
         phases = {"dense": dense.history, "retrain": final.history}
-        label = f"magnitude sparsity={100 * sparsity:.1f}%"
+        label = f"magnitude sparsity={100 * sparsity:.1f}%{self._retrain_label()}"
         return MethodResult(
             "magnitude", label, final.params, final.rest, phases, {"sparsity": sparsity}
         )
@@ -335,7 +343,7 @@ class Experiment:
         mask = self._mask_of(trained.params)
         final = self._finetune(key, trained.params, trained.rest, mask)
         phases = {"train": trained.history, "retrain": final.history}
-        label = f"prox_rmsprop {name}={value:g} {s.prox_group}"
+        label = f"prox_rmsprop {name}={value:g} {s.prox_group}{self._retrain_label()}"
         settings = {**strength, "group": s.prox_group, "every_k_steps": every}
         return MethodResult("prox_rmsprop", label, final.params, final.rest, phases, settings)
 
@@ -350,7 +358,7 @@ class Experiment:
         mask = self._mask_of(trained.params)
         final = self._finetune(key, trained.params, trained.rest, mask)
         phases = {"train": trained.history, "retrain": final.history}
-        label = f"xrda s0={s.xrda_lr:g} lam={s.xrda_lam:g}"
+        label = f"xrda s0={s.xrda_lr:g} lam={s.xrda_lam:g}{self._retrain_label()}"
         settings = {"lr": s.xrda_lr, "lam": s.xrda_lam}
         return MethodResult("xrda", label, final.params, final.rest, phases, settings)
 

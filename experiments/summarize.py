@@ -104,17 +104,30 @@ def markdown(rows: Sequence[dict]) -> str:
 
 
 def plot(rows: Sequence[dict], reference: Sequence[dict], path: str, title: str) -> None:
-    from sparsejax import plots
+    """Accuracy against MACCs (% of dense, log axis): one series per method and protocol, the
+    paper's rows as labelled black crosses, the legend beside the axes."""
+    from matplotlib.figure import Figure
 
-    points: dict = {}
+    series: dict = {}
     for row in rows:
-        method = row["method"].split(" ")[0]
-        entry = points.setdefault(method, {"maccs": [], "accuracy": []})
-        entry["maccs"].append(row["maccs_%"])
-        entry["accuracy"].append(row["accuracy"])
-    paper = {"seed 000": {"maccs": [r["maccs_%"] for r in reference],
-                          "accuracy": [r["accuracy"] for r in reference]}}  # fmt: skip
-    plots.plot_accuracy_vs_maccs(points, path, reference=paper if reference else None, title=title)
+        # One series per method and protocol: the label without its radius or strength.
+        words = [w for w in row["method"].split(" ") if "=" not in w or w.startswith("retrain=")]
+        series.setdefault(" ".join(words), []).append((row["maccs_%"], row["accuracy"]))
+    figure = Figure(figsize=(10, 5), layout="constrained")
+    axis = figure.subplots()
+    markers = "osD^v<>phP*X"
+    for index, (name, points) in enumerate(series.items()):
+        x, y = zip(*sorted(points))
+        axis.plot(x, y, marker=markers[index % len(markers)], label=name)
+    for row in reference:
+        axis.scatter(row["maccs_%"], row["accuracy"], marker="x", s=70, color="black")
+        axis.annotate(row["method"], (row["maccs_%"], row["accuracy"]), fontsize=8,
+                      xytext=(4, 4), textcoords="offset points")  # fmt: skip
+    axis.set(xscale="log", xlabel="effective MACCs, % of the dense model", ylabel="accuracy (%)")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    figure.savefig(path, dpi=120)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -123,7 +136,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--paper", choices=tuple(PAPER_TABLES), help="add seed 000's table")
     parser.add_argument("--plot", help="write the accuracy-vs-MACCs plot (MACCs in %% of dense)")
     args = parser.parse_args(argv)
-    rows = [row for path in args.results for row in result_rows(path)]
+    rows, seen = [], set()
+    for path in args.results:
+        for row in result_rows(path):
+            # The same result in several files (the shared Adam baseline) is listed once.
+            identity = (row["method"], row["accuracy"], row["maccs_k"])
+            if identity not in seen:
+                seen.add(identity)
+                rows.append(row)
     reference = paper_rows(args.paper) if args.paper else []
     print(markdown([*reference, *rows]))
     print()

@@ -374,6 +374,7 @@ def _summarise(args, argv, experiment, results, data, data_info, model, dense_ma
                 "settings": result.settings,
                 "test_accuracy": accuracy,
                 "test_loss": loss,
+                "constrained_sparsity": methods_lib.selected_sparsity(result.params, args.layers),
                 "summary": row,
                 "train_seconds": round(_seconds(result.phases), 1),
                 "history": result.phases,
