@@ -71,10 +71,8 @@ def main():
         ),
         ("sgd + prox_l0 weight", optax.chain(optax.sgd(1e-2), sparsejax.prox_l0(1e-4, 1e-2))),
     ]
-    print(
-        f"LFC4 kernels {WIDTHS}, {sum(p.size for p in jax.tree_util.tree_leaves(params))} parameters, "
-        f"backend {jax.default_backend()}"
-    )
+    count = sum(p.size for p in jax.tree_util.tree_leaves(params))
+    print(f"LFC4 kernels {WIDTHS}, {count} parameters, backend {jax.default_backend()}")
     print(f"{'transformation':48s} {'ms/update':>10s}")
     for name, tx in rows:
         print(f"{name:48s} {time_update(tx, params, grads):10.2f}")
