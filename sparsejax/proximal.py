@@ -160,7 +160,13 @@ def _apply_to_selected(operator, params, updates, chosen, steps, due, every_k_st
 
 def _prox_transformation(operator, budget, budget_name, step_size, group, where, every_k_steps):
     """Builds the transformation shared by :func:`prox_l1`, :func:`prox_l0`,
-    :func:`prune_to_rate`: ``operator(x, budget, step)`` applied to the selected leaves."""
+    :func:`prune_to_rate`: ``operator(x, budget, step)`` applied to the selected leaves.
+
+    Validates the arguments every such transformation shares; the budget is checked by the
+    caller (its bounds differ)."""
+    _check_step_size(step_size, "step_size")
+    prox.check_group(group)
+    selection.check_every_k_steps(every_k_steps)
 
     def init_fn(params):
         _selected_indices(params, budget, where, budget_name, group)
@@ -230,9 +236,6 @@ def prox_l1(
     Reference: Formanek & Hadhazi, eqs. (9), (12)-(14), (16)-(17).
     """
     _check_budget(lam, "lam")
-    _check_step_size(step_size, "step_size")
-    prox.check_group(group)
-    selection.check_every_k_steps(every_k_steps)
 
     def operator(x, lam_of_leaf, step):
         return prox.l1(x, lam_of_leaf, step, group=group)
@@ -282,9 +285,6 @@ def prox_l0(
     Reference: Formanek & Hadhazi, eqs. (10)-(14), (16)-(17).
     """
     _check_budget(lam, "lam")
-    _check_step_size(step_size, "step_size")
-    prox.check_group(group)
-    selection.check_every_k_steps(every_k_steps)
 
     def operator(x, lam_of_leaf, step):
         return prox.l0(x, lam_of_leaf, step, group=group)
@@ -329,8 +329,6 @@ def prune_to_rate(
     Reference: Formanek & Hadhazi, Sec. II.C ("L0 with compression rate").
     """
     _check_budget(rate, "rate", upper=1.0)
-    prox.check_group(group)
-    selection.check_every_k_steps(every_k_steps)
 
     def operator(x, rate_of_leaf, step):
         del step
