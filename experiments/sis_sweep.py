@@ -114,7 +114,7 @@ def magnitude_pruned(params: Any, fractions: dict[str, float]) -> Any:
         layer = pruned[path]
         kernel = jnp.asarray(layer["kernel"])
         keep = kernel.size - round(fraction * kernel.size)
-        layer["kernel"] = sparsejax.sis.keep_largest(kernel, keep)
+        layer["kernel"] = sparsejax.prox.keep_largest(kernel, keep)
     return pruned
 
 

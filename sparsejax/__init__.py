@@ -1,21 +1,45 @@
 """sparsejax: sparse and structurally sparse neural networks with JAX and Optax.
 
-Layers, each depending only on the ones above it:
+The package is layered; each layer depends only on the ones above it:
 
-1. pure array functions: :mod:`sparsejax.projections`, :mod:`sparsejax.prox`;
-2. Optax transformations: ``project_*``, ``prox_*``, ``proximal_rmsprop``, ``xrda``,
-   and the lottery-ticket masking helpers;
-3. model-level helpers: leaf selection by path, metrics, surgery, SIS.
+1. :mod:`sparsejax.projections`, :mod:`sparsejax.prox` -- pure, jittable array functions
+   (projections onto convex balls, proximal operators). A new projection goes here.
+2. :mod:`sparsejax.transforms` -- Optax ``GradientTransformation`` factories built on them
+   (``project_*``, ``prox_*``, ``proximal_rmsprop``, ``xrda``, lottery masking, leaf selection
+   by path). A new transformation goes here.
+3. :mod:`sparsejax.nn` -- model-level helpers that read Flax models through one tracing
+   mechanism: metrics, surgery, SIS, plots. A new metric goes here.
 
-This module only re-exports; see the submodules for the documentation.
+``experiments/`` (outside the package) uses only the public names re-exported below.
 """
 
-# --- exact and bi-level projections, pure array functions (issue 2) ---
-from sparsejax import projections
+import importlib as _importlib
+from importlib import metadata as _metadata
 
-# --- constraints, lottery, selection (lead) ---
-from sparsejax.constraints import (
+from sparsejax import nn, projections, prox, transforms
+from sparsejax.nn import (
+    LayerReport,
+    ModelReport,
+    ShrunkenLinenModel,
+    SISLayerRecord,
+    compressed_bytes,
+    effective_maccs,
+    entropy_bits,
+    model_report,
+    remove_dead_units,
+    sis_layers,
+    sis_sparsify,
+    sparsity,
+)
+from sparsejax.transforms import (
+    KeepPrunedState,
     ProjectionState,
+    ProximalRMSPropState,
+    ProxState,
+    XRDAState,
+    keep_pruned,
+    magnitude_mask,
+    path_string,
     project_bilevel_l1inf,
     project_l1,
     project_l1inf,
@@ -23,46 +47,29 @@ from sparsejax.constraints import (
     project_l21,
     project_l111,
     project_nuclear,
-)
-
-# --- xRDA with adaptively weighted l1 (seed 002) ---
-from sparsejax.dual_averaging import XRDAState, xrda
-from sparsejax.lottery import (
-    KeepPrunedState,
-    keep_pruned,
-    magnitude_mask,
     project_once,
-    rewind,
-    support_mask,
-)
-
-# --- metrics and surgery (issue 5) ---
-from sparsejax.metrics import (
-    LayerReport,
-    ModelReport,
-    compressed_bytes,
-    effective_maccs,
-    entropy_bits,
-    model_report,
-    sparsity,
-)
-
-# --- proximal operators and Proximal RMSProp (seed 003) ---
-from sparsejax.proximal import (
-    ProximalRMSPropState,
-    ProxState,
     prox_l0,
     prox_l1,
     proximal_rmsprop,
     prune_to_rate,
+    rewind,
+    selected_leaves,
+    support_mask,
+    xrda,
 )
-from sparsejax.selection import path_string, selected_leaves
 
-# --- SIS, post-training sparsification by subdifferential inclusion (seed 004, issue 7) ---
-from sparsejax.sis import SISLayerRecord, sis_layers, sis_sparsify
-from sparsejax.surgery import ShrunkenLinenModel, remove_dead_units  # issue 5
+try:
+    __version__ = _metadata.version("sparsejax")
+except _metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0.0.0+unknown"
 
-__version__ = "0.1.0"
+
+def __getattr__(name):
+    # ``sparsejax.plots`` needs matplotlib: load it only when asked for.
+    if name == "plots":
+        return _importlib.import_module("sparsejax.nn.plots")
+    raise AttributeError(f"module 'sparsejax' has no attribute {name!r}")
+
 
 __all__ = [
     "KeepPrunedState",
@@ -81,6 +88,7 @@ __all__ = [
     "keep_pruned",
     "magnitude_mask",
     "model_report",
+    "nn",
     "path_string",
     "project_bilevel_l1inf",
     "project_l1",
@@ -91,6 +99,7 @@ __all__ = [
     "project_nuclear",
     "project_once",
     "projections",
+    "prox",
     "prox_l0",
     "prox_l1",
     "proximal_rmsprop",
@@ -102,5 +111,6 @@ __all__ = [
     "sis_sparsify",
     "sparsity",
     "support_mask",
+    "transforms",
     "xrda",
 ]

@@ -16,7 +16,7 @@ import scipy.stats
 from flax import nnx
 
 import sparsejax
-from sparsejax import metrics
+from sparsejax.nn import _metrics as metrics
 
 
 def _relu_mlp(widths, seed=0):

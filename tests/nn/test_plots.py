@@ -8,7 +8,8 @@ import pytest
 import scipy.stats
 from flax import nnx
 
-from sparsejax import metrics, plots
+from sparsejax import plots
+from sparsejax.nn import _metrics as metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -56,9 +56,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from optax._src import base as optax_base
 
-from sparsejax import projections, selection
+from sparsejax import projections
+from sparsejax.transforms import _selection as selection
 
 _GROUP_AXIS_NAMES = ("input", "output", "inputs", "outputs")
 
@@ -368,7 +368,7 @@ def _projection(
 
     def update_fn(updates, state, params=None):
         if params is None:
-            raise ValueError(optax_base.NO_PARAMS_MSG)
+            raise ValueError(selection.NO_PARAMS_MSG)
         leaves = leaves_of(params)
         new_params = optax.apply_updates(params, updates)
         flat, treedef = jax.tree_util.tree_flatten(new_params)

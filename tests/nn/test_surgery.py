@@ -13,7 +13,8 @@ import pytest
 from flax import nnx
 
 import sparsejax
-from sparsejax import metrics, surgery
+from sparsejax.nn import _metrics as metrics
+from sparsejax.nn import _surgery as surgery
 
 
 def _set(module, name, array):

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sparsejax import sis
+from sparsejax import prox
+from sparsejax.nn import _sis as sis
 
 # --------------------------------------------------------------------------- references
 
@@ -203,7 +204,7 @@ def test_keep_largest_matches_numpy(shape):
     w = rng.normal(size=shape).astype(np.float32)
     w.ravel()[::3] = w.ravel()[1]  # ties, broken by position
     w.ravel()[2] = 0.0
-    jitted = jax.jit(sis.keep_largest)
+    jitted = jax.jit(prox.keep_largest)
     for keep in (0, 1, w.size // 2, w.size - 1, w.size, w.size + 3):
         np.testing.assert_array_equal(jitted(w, keep), ref_keep_largest(w, keep))
 
@@ -212,7 +213,7 @@ def test_keep_largest_matches_numpy(shape):
 def test_keep_largest_inputs_matches_numpy(shape):
     rng = np.random.default_rng(5)
     w = rng.normal(size=shape).astype(np.float32)
-    jitted = jax.jit(sis.keep_largest_inputs)
+    jitted = jax.jit(prox.keep_largest_inputs)
     for keep in (0, 1, shape[-2] // 2, shape[-2], shape[-2] + 2):
         np.testing.assert_array_equal(jitted(w, keep), ref_keep_largest_inputs(w, keep))
 

@@ -22,10 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from optax._src import base as optax_base
 
 from sparsejax.prox import soft_threshold
-from sparsejax.selection import Budget, Where, check_radius, leaf_budgets
+from sparsejax.transforms import _selection as selection
+from sparsejax.transforms._selection import Budget, Where, check_radius, leaf_budgets
 
 ScalarOrSchedule = optax.ScalarOrSchedule  # a number or a callable ``n -> value``
 
@@ -199,7 +199,7 @@ def xrda(
 
     def update_fn(updates, state, params=None):
         if params is None:
-            raise ValueError(optax_base.NO_PARAMS_MSG)
+            raise ValueError(selection.NO_PARAMS_MSG)
         thetas, treedef = jax.tree.flatten(params)
         lams = treedef.flatten_up_to(leaf_budgets(params, lam, where, name="lam"))
         n = state.count + 1

@@ -413,3 +413,78 @@ def _smallest(values: jax.Array, n_smallest: jax.Array) -> jax.Array:
     at_cut = bits == cut
     ties_to_zero = n_smallest - jnp.sum(below)
     return below | (at_cut & (jnp.cumsum(at_cut) <= ties_to_zero))
+
+
+def _largest_mask(magnitudes: jax.Array, keep: jax.Array) -> jax.Array:
+    """Boolean mask of the ``keep`` largest entries of a flat non-negative array."""
+    # The bit patterns of non-negative floats are ordered like the floats, so a bisection over
+    # 32-bit integers finds the k-th largest magnitude exactly, in 32 vectorised counting
+    # passes: an order of magnitude faster than a sort on CPU for a 784x300 kernel.
+    bits = jax.lax.bitcast_convert_type(magnitudes.astype(jnp.float32), jnp.int32)
+    keep = jnp.asarray(keep, jnp.int32)
+
+    def halve(_, bounds):
+        low, high = bounds
+        middle = low + (high - low) // 2
+        enough = jnp.sum(bits >= middle) >= keep
+        return jnp.where(enough, middle, low), jnp.where(enough, high, middle)
+
+    infinity_bits = jnp.int32(0x7F800000)
+    kth, _ = jax.lax.fori_loop(0, 32, halve, (jnp.int32(0), infinity_bits + 1))
+    above = bits > kth
+    tied = bits == kth
+    return (above | (tied & (jnp.cumsum(tied) <= keep - jnp.sum(above)))) & (keep > 0)
+
+
+def keep_largest(kernel: jax.Array, keep: jax.Array) -> jax.Array:
+    r"""Keeps the ``keep`` entries of largest magnitude and zeroes the others.
+
+    This is a Euclidean projection onto the (non-convex) set
+    :math:`\{W : \|W\|_0 \le k\}`; ties are broken by position (earlier entries first), so
+    exactly ``min(keep, size)`` entries survive. ``keep`` may be traced.
+
+    Args:
+      kernel: a floating-point array of any shape.
+      keep: number of entries to keep (integer scalar).
+
+    Returns:
+      The pruned array.
+
+    >>> import jax.numpy as jnp
+    >>> print(keep_largest(jnp.array([[3.0, -1.0], [-4.0, 2.0]]), 2))
+    [[ 3.  0.]
+     [-4.  0.]]
+    """
+    kernel = jnp.asarray(kernel)
+    kept = _largest_mask(jnp.abs(kernel).reshape(-1), keep)
+    return jnp.where(kept.reshape(kernel.shape), kernel, 0)
+
+
+def keep_largest_inputs(kernel: jax.Array, keep: jax.Array) -> jax.Array:
+    r"""Keeps the ``keep`` input units of largest l2 norm and zeroes the others.
+
+    An input unit is everything attached to one index of axis ``-2`` (row ``i`` of a Dense
+    kernel ``(in, out)``, slice ``[:, :, c, :]`` of a conv kernel ``(kh, kw, in, out)``).
+    This is a Euclidean projection onto the set of kernels with at most :math:`k` nonzero
+    input units; ties are broken by position. ``keep`` may be traced.
+
+    Args:
+      kernel: a floating-point array with at least two dimensions.
+      keep: number of input units to keep (integer scalar).
+
+    Returns:
+      The pruned array.
+
+    >>> import jax.numpy as jnp
+    >>> print(keep_largest_inputs(jnp.array([[3.0, 0.0], [1.0, 1.0], [0.0, -2.0]]), 2))
+    [[ 3.  0.]
+     [ 0.  0.]
+     [ 0. -2.]]
+    """
+    kernel = jnp.asarray(kernel)
+    inputs = jnp.moveaxis(kernel, -2, 0)
+    norms = jnp.sqrt(jnp.sum(inputs.reshape(len(inputs), -1) ** 2, axis=1))
+    kept = _largest_mask(norms, keep)
+    shape = [1] * kernel.ndim
+    shape[-2] = kernel.shape[-2]
+    return jnp.where(kept.reshape(shape), kernel, 0)

@@ -42,9 +42,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from optax._src import base as optax_base
 
-from sparsejax import prox, selection
+from sparsejax import prox
+from sparsejax.transforms import _selection as selection
 
 StepSize = Any  # a non-negative number, a scalar array, or an optax schedule
 
@@ -174,7 +174,7 @@ def _prox_transformation(operator, budget, budget_name, step_size, group, where,
 
     def update_fn(updates, state, params=None):
         if params is None:
-            raise ValueError(optax_base.NO_PARAMS_MSG)
+            raise ValueError(selection.NO_PARAMS_MSG)
         chosen = _selected_indices(params, budget, where, budget_name, group)
         step = _value_at(step_size, state.count)
         steps = [step] * len(jax.tree_util.tree_leaves(params))
@@ -418,7 +418,7 @@ def proximal_rmsprop(
 
     def update_fn(updates, state, params=None):
         if params is None:
-            raise ValueError(optax_base.NO_PARAMS_MSG)
+            raise ValueError(selection.NO_PARAMS_MSG)
         chosen = _selected_indices(params, budget, where, budget_name, group)
         nu = jax.tree_util.tree_map(
             lambda n, g: decay * n + (1 - decay) * jnp.square(g), state.nu, updates

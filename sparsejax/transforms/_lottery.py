@@ -29,9 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from optax._src import base as optax_base
 
-from sparsejax import selection
+from sparsejax.transforms import _selection as selection
 
 
 def support_mask(params: Any, *, where: selection.Where = None) -> Any:
@@ -135,7 +134,7 @@ def keep_pruned(mask: Any) -> optax.GradientTransformation:
 
     def update_fn(updates, state, params=None):
         if params is None:
-            raise ValueError(optax_base.NO_PARAMS_MSG)
+            raise ValueError(selection.NO_PARAMS_MSG)
         masked = jax.tree_util.tree_map(
             lambda u, p, m: jnp.where(m, u, -p).astype(u.dtype), updates, params, mask
         )

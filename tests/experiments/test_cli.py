@@ -14,7 +14,7 @@ import pytest
 
 from experiments import train, training
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ["--dataset", "digits", "--limit-train", "256", "--limit-test", "120", "--quiet"]
 
 

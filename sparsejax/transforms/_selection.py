@@ -38,6 +38,14 @@ from typing import Any, Union
 import jax
 import numpy as np
 
+# The same words as optax's own message, so users see one familiar error whichever
+# transformation of the chain lacks `params`.
+NO_PARAMS_MSG = (
+    "You are using a transformation that requires the current value of parameters, but you "
+    "are not passing `params` when calling `update`."
+)
+
+
 Where = Union[None, str, "re.Pattern[str]", Callable[[str, Any], bool]]
 Budget = Any  # a number, a scalar array, or Mapping[str, number]
 

@@ -68,7 +68,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sparsejax import _layers
+from sparsejax.nn import _tracing as _layers
 
 __all__ = [
     "LayerReport",
