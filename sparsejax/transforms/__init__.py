@@ -22,8 +22,8 @@ from sparsejax.transforms._lottery import (
     rewind,
     support_mask,
 )
-from sparsejax.transforms._projection import (
-    ProjectionState,
+from sparsejax.transforms._projection import ProjectionState
+from sparsejax.transforms._projection_factories import (
     project_bilevel_l1inf,
     project_l1,
     project_l1inf,

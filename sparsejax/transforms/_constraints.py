@@ -1,0 +1,217 @@
+"""The constraints behind the ``project_*`` transformations, and the projection of leaves.
+
+A bi-level constraint is a vector of group measures ``m`` (one per group), an outer l1
+projection ``t = P_l1(m, eta)`` and a per-group shrink that brings each group's measure down to
+``t_i``. l1, l2,1, l1,1, bi-level l1,inf and the nuclear norm all have this form, which is what
+makes the global budget (one outer projection over all leaves' groups) uniform. The exact
+l1,inf and the nested l1,1,1 operators are projected leaf by leaf with
+:mod:`sparsejax.projections`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from sparsejax import projections
+
+
+class _Leaf(NamedTuple):
+    """Static description of one selected leaf."""
+
+    index: int  # position in the flattened params
+    path: str
+    shape: tuple[int, ...]
+    axis: int  # resolved group axis (unused by element-wise constraints)
+    radius: Any  # per-leaf radius (None with a global budget)
+
+
+# --------------------------------------------------------------------------- constraints
+# A bi-level constraint is: a vector of group measures m (one per group), an outer l1 projection
+# t = P_l1(m, eta), and a per-group shrink that brings each group's measure down to t_i.
+# l1, l2,1, l1,1, bi-level l1,inf and the nuclear norm all have this form, which is what makes
+# the global budget (one outer projection over all leaves' groups) uniform.
+
+
+def _rows(x: jax.Array, axis: int) -> jax.Array:
+    return jnp.moveaxis(x, axis, 0).reshape(x.shape[axis], -1)
+
+
+def _unrows(rows: jax.Array, shape: tuple[int, ...], axis: int) -> jax.Array:
+    moved = (shape[axis], *shape[:axis], *shape[axis + 1 :])
+    return jnp.moveaxis(rows.reshape(moved), 0, axis)
+
+
+class _BiLevel:
+    """Group measure + outer l1 projection + group shrink."""
+
+    name = "bilevel"
+    needs_groups = True
+    inner_warm = False
+
+    def measure(self, x, axis):  # -> (measures (G,), aux)
+        raise NotImplementedError
+
+    def shrink(self, x, axis, t, aux, warm):  # -> (y, inner warm start)
+        raise NotImplementedError
+
+    def init_inner(self, leaf: _Leaf) -> jax.Array:
+        del leaf
+        return jnp.zeros((), jnp.float32)
+
+
+class _L1(_BiLevel):
+    name = "l1"
+    needs_groups = False
+
+    def measure(self, x, axis):
+        return jnp.abs(x).ravel(), None
+
+    def shrink(self, x, axis, t, aux, warm):
+        return jnp.sign(x) * t.reshape(x.shape), warm
+
+
+class _L21(_BiLevel):
+    name = "l21"
+
+    def measure(self, x, axis):
+        squares = jnp.sum(jnp.square(_rows(x, axis)), axis=1)
+        # sqrt has an infinite slope at 0: keep it out of the gradient of zero groups.
+        norms = jnp.where(squares > 0, jnp.sqrt(jnp.where(squares > 0, squares, 1.0)), 0.0)
+        return norms, norms
+
+    def shrink(self, x, axis, t, norms, warm):
+        scale = jnp.where(norms > 0, t / jnp.where(norms > 0, norms, 1.0), 0.0)
+        return _unrows(_rows(x, axis) * scale[:, None], x.shape, axis), warm
+
+
+class _L11(_BiLevel):
+    name = "l11"
+    inner_warm = True
+
+    def measure(self, x, axis):
+        magnitudes = jnp.abs(_rows(x, axis))
+        return jnp.sum(magnitudes, axis=1), magnitudes
+
+    def shrink(self, x, axis, t, magnitudes, warm):
+        theta = projections.l1_threshold(magnitudes, t, axis=-1, init=warm)
+        rows = jnp.sign(_rows(x, axis)) * jnp.maximum(magnitudes - theta[:, None], 0.0)
+        return _unrows(rows, x.shape, axis), theta
+
+    def init_inner(self, leaf: _Leaf) -> jax.Array:
+        return jnp.zeros((leaf.shape[leaf.axis],), jnp.float32)
+
+
+class _BiLevelL1Inf(_BiLevel):
+    name = "bilevel_l1inf"
+
+    def measure(self, x, axis):
+        return jnp.max(jnp.abs(_rows(x, axis)), axis=1), None
+
+    def shrink(self, x, axis, t, aux, warm):
+        rows = _rows(x, axis)
+        return _unrows(jnp.clip(rows, -t[:, None], t[:, None]), x.shape, axis), warm
+
+
+class _Nuclear(_BiLevel):
+    name = "nuclear"
+    needs_groups = False
+
+    def measure(self, x, axis):
+        u, s, vt = jnp.linalg.svd(x.reshape(-1, x.shape[-1]), full_matrices=False)
+        return s, (u, vt)
+
+    def shrink(self, x, axis, t, aux, warm):
+        u, vt = aux
+        return ((u * t[None, :]) @ vt).reshape(x.shape), warm
+
+
+class _ExactL1Inf:
+    """Exact Euclidean projection onto sum_i max_j |w_ij| <= eta (not bi-level)."""
+
+    name = "l1inf"
+    needs_groups = True
+    inner_warm = False
+
+    def init_inner(self, leaf: _Leaf) -> jax.Array:
+        del leaf
+        return jnp.zeros((), jnp.float32)
+
+
+class _NestedL111:
+    """The tensor generalisation l1,1,1 of Guyard & Barlaud's Discussion (per leaf only)."""
+
+    name = "l111"
+    needs_groups = True
+    inner_warm = False
+
+    def init_inner(self, leaf: _Leaf) -> jax.Array:
+        del leaf
+        return jnp.zeros((), jnp.float32)
+
+
+# --------------------------------------------------------------------------- projection of leaves
+
+
+def _project_bilevel_per_leaf(constraint, xs, leaves, warm):
+    outs, new_warm = [], {}
+    for x, leaf in zip(xs, leaves):
+        m, aux = constraint.measure(x, leaf.axis)
+        outer, inner = warm[leaf.path]
+        theta = projections.l1_threshold(m, leaf.radius, init=outer)
+        t = jnp.maximum(m - theta, 0.0)
+        y, inner = constraint.shrink(x, leaf.axis, t, aux, inner)
+        outs.append(y)
+        new_warm[leaf.path] = (theta, inner)
+    return outs, new_warm
+
+
+def _project_bilevel_global(constraint, xs, leaves, warm, radius):
+    measured = [constraint.measure(x, leaf.axis) for x, leaf in zip(xs, leaves)]
+    m_all = jnp.concatenate([m for m, _ in measured])
+    theta = projections.l1_threshold(m_all, radius, init=warm["__global__"])
+    t_all = jnp.maximum(m_all - theta, 0.0)
+    outs, new_warm, start = [], {"__global__": theta}, 0
+    for x, leaf, (m, aux) in zip(xs, leaves, measured):
+        t = t_all[start : start + m.shape[0]]
+        start += m.shape[0]
+        y, inner = constraint.shrink(x, leaf.axis, t, aux, warm[leaf.path])
+        outs.append(y)
+        new_warm[leaf.path] = inner
+    return outs, new_warm
+
+
+def _project_l1inf_global(xs, leaves, radius):
+    rows = [_rows(x, leaf.axis) for x, leaf in zip(xs, leaves)]
+    width = max(r.shape[1] for r in rows)
+    # Zero padding leaves the l1,inf projection of the real entries unchanged: padded zeros
+    # never set a group maximum and are mapped to zero.
+    padded = jnp.concatenate([jnp.pad(r, ((0, 0), (0, width - r.shape[1]))) for r in rows])
+    projected = projections.l1inf_ball(padded, radius, group_axis=0)
+    outs, start = [], 0
+    for x, leaf, r in zip(xs, leaves, rows):
+        block = projected[start : start + r.shape[0], : r.shape[1]]
+        start += r.shape[0]
+        outs.append(_unrows(block, x.shape, leaf.axis))
+    return outs
+
+
+def _project(constraint, xs, leaves, warm, global_radius):
+    """Projects the selected leaves (float32) and returns them with the new warm starts."""
+    if isinstance(constraint, _BiLevel):
+        if global_radius is None:
+            return _project_bilevel_per_leaf(constraint, xs, leaves, warm)
+        return _project_bilevel_global(constraint, xs, leaves, warm, global_radius)
+    if isinstance(constraint, _ExactL1Inf):
+        if global_radius is None:
+            outs = [
+                projections.l1inf_ball(x, lf.radius, group_axis=lf.axis)
+                for x, lf in zip(xs, leaves)
+            ]
+        else:
+            outs = _project_l1inf_global(xs, leaves, global_radius)
+        return outs, warm
+    outs = [projections.l111_ball(x, leaf.radius) for x, leaf in zip(xs, leaves)]
+    return outs, warm

@@ -1,0 +1,353 @@
+"""The ``project_*`` factories: one constraint each over the shared projection mechanism."""
+
+from __future__ import annotations
+
+import optax
+
+from sparsejax.transforms import _constraints as constraints
+from sparsejax.transforms import _selection as selection
+from sparsejax.transforms._projection import _projection
+
+
+def project_l1(
+    eta: selection.Budget,
+    *,
+    where: selection.Where = None,
+    every_k_steps: int = 1,
+    global_budget: bool = False,
+) -> optax.GradientTransformation:
+    r"""Projects each selected leaf onto the l1 ball of radius ``eta`` (PGL1).
+
+    .. math::
+
+       W' = \operatorname*{argmin}_{\sum_{ij} |x_{ij}| \le \eta} \|x - W\|_F^2 ,
+
+    the exact Euclidean projection of the flattened kernel: unstructured sparsity.
+
+    Args:
+      eta: the radius, one number (or a scalar array) for every selected leaf, or a mapping
+        ``{path_pattern: radius}``; with ``global_budget=True`` the radius of the one ball that
+        holds all selected leaves together.
+      where: which leaves (default: ``kernel`` leaves with ``ndim >= 2``); see
+        :mod:`sparsejax.selection`.
+      every_k_steps: project on every k-th update only (``1``: every step, as Alg. 1).
+      global_budget: one l1 ball for the concatenation of all selected leaves.
+
+    Returns:
+      An ``optax.GradientTransformation`` to place last in a chain.
+
+    Raises:
+      ValueError: a negative ``eta`` or a bad ``every_k_steps`` (when the transformation is
+        built); a ``where``/``eta`` pattern that matches no parameter (when it is initialised);
+        a missing ``params`` argument (when it is updated).
+
+    >>> import jax.numpy as jnp, optax, sparsejax
+    >>> params = {"kernel": jnp.array([[3.0, -1.0], [0.5, 0.5]])}
+    >>> tx = optax.chain(optax.sgd(0.0), sparsejax.project_l1(2.0))
+    >>> updates, _ = tx.update(params, tx.init(params), params)
+    >>> optax.apply_updates(params, updates)["kernel"].tolist()
+    [[2.0, -0.0], [0.0, 0.0]]
+
+    Reference: Guyard & Barlaud (2020), "PGL1"; Duchi et al. (2008); Condat (2016).
+    """
+    return _projection(
+        constraints._L1(),
+        eta,
+        where=where,
+        group_axis=None,
+        every_k_steps=every_k_steps,
+        global_budget=global_budget,
+    )
+
+
+def project_l21(
+    eta: selection.Budget,
+    *,
+    where: selection.Where = None,
+    group_axis: int | str | None = None,
+    every_k_steps: int = 1,
+    global_budget: bool = False,
+) -> optax.GradientTransformation:
+    r"""Projects each selected leaf onto the l2,1 (group lasso) ball (PGL21, Alg. 2).
+
+    .. math::
+
+       W' = \operatorname*{argmin}_{\sum_i \|x_i\|_2 \le \eta} \|x - W\|_F^2 ,
+
+    with groups ``x_i`` as described in the module docstring: whole groups vanish.
+
+    Args:
+      eta: the radius (number, scalar array or ``{path_pattern: radius}``).
+      where: which leaves (default: kernels).
+      group_axis: ``None``/``"input"`` (input units/channels), ``"output"`` (output
+        units/filters) or an axis index (the same words as the prox ``group=``).
+      every_k_steps: project on every k-th update only.
+      global_budget: one ball for the groups of all selected leaves together.
+
+    Returns:
+      An ``optax.GradientTransformation`` to place last in a chain.
+
+    Raises:
+      ValueError: as :func:`project_l1`; also a bad ``group_axis`` or a selected leaf with
+        fewer than two dimensions.
+
+    >>> import jax.numpy as jnp, optax, sparsejax
+    >>> params = {"kernel": jnp.array([[3.0, 4.0], [0.3, 0.4]])}
+    >>> tx = optax.chain(optax.sgd(0.0), sparsejax.project_l21(1.0))
+    >>> updates, _ = tx.update(params, tx.init(params), params)
+    >>> optax.apply_updates(params, updates)["kernel"].round(3).tolist()
+    [[0.6, 0.8], [0.0, 0.0]]
+
+    Reference: Guyard & Barlaud (2020), Alg. 2 (with l2 group norms, see DESIGN.md).
+    """
+    return _projection(
+        constraints._L21(),
+        eta,
+        where=where,
+        group_axis=group_axis,
+        every_k_steps=every_k_steps,
+        global_budget=global_budget,
+    )
+
+
+def project_l11(
+    eta: selection.Budget,
+    *,
+    where: selection.Where = None,
+    group_axis: int | str | None = None,
+    every_k_steps: int = 1,
+    global_budget: bool = False,
+) -> optax.GradientTransformation:
+    r"""Applies the bi-level l1,1 projection to each selected leaf (PGL11, Alg. 3).
+
+    .. math::
+
+       t = P_{\ell_1}\big((\|v_i\|_1)_i, \eta\big), \qquad
+       w_i = \operatorname*{argmin}_{\|x\|_1 \le t_i} \|x - v_i\|_2^2 .
+
+    The group l1 norms are projected onto the l1 ball, then each group onto the l1 ball of its
+    share. Whole groups (input units by default) vanish, and the survivors are sparse inside.
+    The result satisfies ``sum_ij |w_ij| <= eta``; it is the paper's bi-level operator, not the
+    Euclidean projection onto that set (that is :func:`project_l1`).
+
+    Args:
+      eta: the radius (number, scalar array or ``{path_pattern: radius}``).
+      where: which leaves (default: kernels).
+      group_axis: ``None``/``"input"``, ``"output"`` or an axis index.
+      every_k_steps: project on every k-th update only.
+      global_budget: one outer budget for the groups of all selected leaves together.
+
+    Returns:
+      An ``optax.GradientTransformation`` to place last in a chain.
+
+    Raises:
+      ValueError: as :func:`project_l21`.
+
+    >>> import jax.numpy as jnp, optax, sparsejax
+    >>> params = {"kernel": jnp.array([[3.0, 1.0], [0.5, 0.5]])}
+    >>> tx = optax.chain(optax.adam(1e-3), sparsejax.project_l11(eta=2.0))
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update(params, state, params)
+    >>> new = optax.apply_updates(params, updates)["kernel"]
+    >>> bool(jnp.abs(new).sum() <= 2.0 + 1e-5), new[1].tolist()
+    (True, [0.0, 0.0])
+
+    Reference: Guyard & Barlaud (2020), Alg. 3.
+    """
+    return _projection(
+        constraints._L11(),
+        eta,
+        where=where,
+        group_axis=group_axis,
+        every_k_steps=every_k_steps,
+        global_budget=global_budget,
+    )
+
+
+def project_bilevel_l1inf(
+    eta: selection.Budget,
+    *,
+    where: selection.Where = None,
+    group_axis: int | str | None = None,
+    every_k_steps: int = 1,
+    global_budget: bool = False,
+) -> optax.GradientTransformation:
+    r"""Applies the bi-level l1,inf operator to each selected leaf.
+
+    .. math::
+
+       t = P_{\ell_1}\big((\max_j |v_{ij}|)_i, \eta\big), \qquad
+       w_{ij} = \operatorname{clip}(v_{ij}, -t_i, t_i).
+
+    A cheap alternative to the exact :func:`project_l1inf` with the same feasible set
+    ``sum_i max_j |w_ij| <= eta``; groups whose maximum falls below the threshold vanish.
+
+    Args:
+      eta: the radius (number, scalar array or ``{path_pattern: radius}``).
+      where: which leaves (default: kernels).
+      group_axis: ``None``/``"input"``, ``"output"`` or an axis index.
+      every_k_steps: project on every k-th update only.
+      global_budget: one outer budget for the groups of all selected leaves together.
+
+    Returns:
+      An ``optax.GradientTransformation`` to place last in a chain.
+
+    Raises:
+      ValueError: as :func:`project_l21`.
+
+    >>> import jax.numpy as jnp, optax, sparsejax
+    >>> params = {"kernel": jnp.array([[3.0, -1.0], [0.5, 0.2]])}
+    >>> tx = optax.chain(optax.sgd(0.0), sparsejax.project_bilevel_l1inf(1.0))
+    >>> updates, _ = tx.update(params, tx.init(params), params)
+    >>> optax.apply_updates(params, updates)["kernel"].tolist()
+    [[1.0, -1.0], [0.0, 0.0]]
+
+    Reference: the bi-level l1,inf of the same authors' later work (see DESIGN.md).
+    """
+    return _projection(
+        constraints._BiLevelL1Inf(),
+        eta,
+        where=where,
+        group_axis=group_axis,
+        every_k_steps=every_k_steps,
+        global_budget=global_budget,
+    )
+
+
+def project_l1inf(
+    eta: selection.Budget,
+    *,
+    where: selection.Where = None,
+    group_axis: int | str | None = None,
+    every_k_steps: int = 1,
+    global_budget: bool = False,
+) -> optax.GradientTransformation:
+    r"""Projects each selected leaf onto the l1,inf ball (exact Euclidean projection).
+
+    .. math::
+
+       W' = \operatorname*{argmin}_{\sum_i \max_j |x_{ij}| \le \eta} \|x - W\|_F^2 .
+
+    Args:
+      eta: the radius (number, scalar array or ``{path_pattern: radius}``).
+      where: which leaves (default: kernels).
+      group_axis: ``None``/``"input"``, ``"output"`` or an axis index.
+      every_k_steps: project on every k-th update only.
+      global_budget: one ball for the groups of all selected leaves together (groups of
+        different sizes are zero-padded, which does not change the projection).
+
+    Returns:
+      An ``optax.GradientTransformation`` to place last in a chain.
+
+    Raises:
+      ValueError: as :func:`project_l21`.
+
+    >>> import jax.numpy as jnp, optax, sparsejax
+    >>> params = {"kernel": jnp.array([[3.0, -1.0], [0.5, 0.2]])}
+    >>> tx = optax.chain(optax.sgd(0.0), sparsejax.project_l1inf(1.0))
+    >>> updates, _ = tx.update(params, tx.init(params), params)
+    >>> new = optax.apply_updates(params, updates)["kernel"]
+    >>> round(float(jnp.abs(new).max(axis=1).sum()), 4)
+    1.0
+
+    Reference: the l1,inf projection of the same authors' later work (see DESIGN.md).
+    """
+    return _projection(
+        constraints._ExactL1Inf(),
+        eta,
+        where=where,
+        group_axis=group_axis,
+        every_k_steps=every_k_steps,
+        global_budget=global_budget,
+    )
+
+
+def project_nuclear(
+    eta: selection.Budget,
+    *,
+    where: selection.Where = None,
+    every_k_steps: int = 1,
+    global_budget: bool = False,
+) -> optax.GradientTransformation:
+    r"""Projects each selected leaf onto the nuclear-norm ball (low rank).
+
+    .. math::
+
+       W' = U \operatorname{diag}\big(P_{\ell_1}(s, \eta)\big) V^\top
+       \quad\text{for}\quad W = U \operatorname{diag}(s) V^\top .
+
+    A conv kernel ``(kh, kw, in, out)`` is treated as the ``(kh*kw*in, out)`` matrix that maps
+    an image patch to the output channels (the im2col view), so the rank counts filters.
+
+    Args:
+      eta: the radius (number, scalar array or ``{path_pattern: radius}``).
+      where: which leaves (default: kernels).
+      every_k_steps: project on every k-th update only (an SVD per leaf is not cheap).
+      global_budget: one budget for the singular values of all selected leaves together.
+
+    Returns:
+      An ``optax.GradientTransformation`` to place last in a chain.
+
+    Raises:
+      ValueError: as :func:`project_l1`.
+
+    >>> import jax.numpy as jnp, optax, sparsejax
+    >>> params = {"kernel": jnp.diag(jnp.array([3.0, 1.0]))}
+    >>> tx = optax.chain(optax.sgd(0.0), sparsejax.project_nuclear(2.0))
+    >>> updates, _ = tx.update(params, tx.init(params), params)
+    >>> optax.apply_updates(params, updates)["kernel"].round(4).tolist()
+    [[2.0, 0.0], [0.0, 0.0]]
+
+    Reference: Guyard & Barlaud (2020), HAL v2 abstract.
+    """
+    return _projection(
+        constraints._Nuclear(),
+        eta,
+        where=where,
+        group_axis=None,
+        every_k_steps=every_k_steps,
+        global_budget=global_budget,
+    )
+
+
+def project_l111(
+    eta: selection.Budget,
+    *,
+    where: selection.Where = None,
+    every_k_steps: int = 1,
+) -> optax.GradientTransformation:
+    r"""Applies the nested l1,1,1 operator of Guyard & Barlaud's Discussion to each selected leaf.
+
+    For a conv kernel the nesting is input channel -> kernel (the ``kh x kw`` slice of one
+    input/output pair) -> weight: the bi-level step of :func:`project_l11` applied recursively
+    (see :func:`sparsejax.projections.l111_ball`). On a Dense kernel it equals
+    :func:`project_l11`.
+
+    Args:
+      eta: the radius (number, scalar array or ``{path_pattern: radius}``).
+      where: which leaves (default: kernels).
+      every_k_steps: project on every k-th update only.
+
+    Returns:
+      An ``optax.GradientTransformation`` to place last in a chain.
+
+    Raises:
+      ValueError: as :func:`project_l21`.
+
+    >>> import jax.numpy as jnp, optax, sparsejax
+    >>> params = {"kernel": jnp.ones((3, 3, 2, 4))}
+    >>> tx = optax.chain(optax.sgd(0.0), sparsejax.project_l111(8.0))
+    >>> updates, _ = tx.update(params, tx.init(params), params)
+    >>> round(float(jnp.abs(optax.apply_updates(params, updates)["kernel"]).sum()), 4)
+    8.0
+
+    Reference: Guyard & Barlaud (2020), Discussion.
+    """
+    return _projection(
+        constraints._NestedL111(),
+        eta,
+        where=where,
+        group_axis=None,
+        every_k_steps=every_k_steps,
+        global_budget=False,
+    )
