@@ -26,6 +26,7 @@ class _Leaf(NamedTuple):
     shape: tuple[int, ...]
     axis: int  # resolved group axis (unused by element-wise constraints)
     radius: Any  # per-leaf radius (None with a global budget)
+    dtype: Any  # compute dtype: float32 (float64 for a float64 leaf)
 
 
 # --------------------------------------------------------------------------- constraints
@@ -58,8 +59,7 @@ class _BiLevel:
         raise NotImplementedError
 
     def init_inner(self, leaf: _Leaf) -> jax.Array:
-        del leaf
-        return jnp.zeros((), jnp.float32)
+        return jnp.zeros((), leaf.dtype)
 
 
 class _L1(_BiLevel):
@@ -101,7 +101,7 @@ class _L11(_BiLevel):
         return _unrows(rows, x.shape, axis), theta
 
     def init_inner(self, leaf: _Leaf) -> jax.Array:
-        return jnp.zeros((leaf.shape[leaf.axis],), jnp.float32)
+        return jnp.zeros((leaf.shape[leaf.axis],), leaf.dtype)
 
 
 class _BiLevelL1Inf(_BiLevel):
@@ -136,8 +136,7 @@ class _ExactL1Inf:
     inner_warm = False
 
     def init_inner(self, leaf: _Leaf) -> jax.Array:
-        del leaf
-        return jnp.zeros((), jnp.float32)
+        return jnp.zeros((), leaf.dtype)
 
 
 class _NestedL111:
@@ -148,8 +147,7 @@ class _NestedL111:
     inner_warm = False
 
     def init_inner(self, leaf: _Leaf) -> jax.Array:
-        del leaf
-        return jnp.zeros((), jnp.float32)
+        return jnp.zeros((), leaf.dtype)
 
 
 # --------------------------------------------------------------------------- projection of leaves
@@ -199,7 +197,7 @@ def _project_l1inf_global(xs, leaves, radius):
 
 
 def _project(constraint, xs, leaves, warm, global_radius):
-    """Projects the selected leaves (float32) and returns them with the new warm starts."""
+    """Projects the selected leaves (compute dtype); returns them and the new warm starts."""
     if isinstance(constraint, _BiLevel):
         if global_radius is None:
             return _project_bilevel_per_leaf(constraint, xs, leaves, warm)

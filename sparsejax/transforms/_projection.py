@@ -127,17 +127,23 @@ def _selected(params, eta, where, group_axis, constraint, global_budget) -> list
         name = selection.path_string(path)
         shape = tuple(np.shape(leaf))
         axis = _resolve_axis(group_axis, shape, name, constraint)
-        leaves.append(_Leaf(index, name, shape, axis, None if global_budget else radius))
+        dtype = _compute_dtype(jnp.result_type(leaf))
+        leaves.append(_Leaf(index, name, shape, axis, None if global_budget else radius, dtype))
     return leaves
 
 
+def _compute_dtype(dtype) -> jnp.dtype:
+    """float32 for float16/bfloat16/float32 leaves, float64 for float64 leaves."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def _initial_thresholds(constraint, leaves, global_budget) -> dict[str, Any]:
-    zero = jnp.zeros((), jnp.float32)
     if global_budget:
         warm = {leaf.path: constraint.init_inner(leaf) for leaf in leaves}
-        warm["__global__"] = zero
+        dtype = jnp.result_type(*(leaf.dtype for leaf in leaves)) if leaves else jnp.float32
+        warm["__global__"] = jnp.zeros((), dtype)
         return warm
-    return {leaf.path: (zero, constraint.init_inner(leaf)) for leaf in leaves}
+    return {leaf.path: (jnp.zeros((), leaf.dtype), constraint.init_inner(leaf)) for leaf in leaves}
 
 
 def _projection(
@@ -172,24 +178,41 @@ def _projection(
         if params is None:
             raise ValueError(selection.NO_PARAMS_MSG)
         leaves = leaves_of(params)
-        new_params = optax.apply_updates(params, updates)
-        flat, treedef = jax.tree_util.tree_flatten(new_params)
+        flat_params, treedef = jax.tree_util.tree_flatten(params)
+        flat_updates = treedef.flatten_up_to(updates)
         global_radius = eta if global_budget else None
 
-        def project(flat_params, warm):
-            xs = [flat_params[leaf.index].astype(jnp.float32) for leaf in leaves]
+        def project(warm):
+            # Only the selected leaves are touched; the others keep their updates bit for bit.
+            # A leaf is projected in its compute dtype, and returned as the update that lands on
+            # the projection once cast to the parameter's dtype (what apply_updates will add).
+            stepped = [
+                optax.apply_updates(flat_params[leaf.index], flat_updates[leaf.index])
+                for leaf in leaves
+            ]
+            xs = [w.astype(leaf.dtype) for w, leaf in zip(stepped, leaves)]
             outs, warm = constraints._project(constraint, xs, leaves, warm, global_radius)
-            flat_params = list(flat_params)
+            new = []
             for leaf, y in zip(leaves, outs):
-                flat_params[leaf.index] = y.astype(flat_params[leaf.index].dtype)
-            return flat_params, warm
+                p = flat_params[leaf.index]
+                q = y.astype(p.dtype)
+                new.append((q - p).astype(q.dtype))
+            return new, warm
 
-        due = (state.count + 1) % every_k_steps == 0
-        flat, warm = jax.lax.cond(due, project, lambda f, w: (list(f), w), flat, state.thresholds)
-        projected = jax.tree_util.tree_unflatten(treedef, flat)
-        new_updates = jax.tree_util.tree_map(
-            lambda p, q: (q - p).astype(q.dtype), params, projected
-        )
+        def skip(warm):
+            return [flat_updates[leaf.index] for leaf in leaves], warm
+
+        if isinstance(every_k_steps, (int, np.integer)) and every_k_steps == 1:
+            # No lax.cond when k is a Python 1 (inject_hyperparams may trace it): a cond
+            # would carry (and copy) every selected leaf through both branches.
+            selected, warm = project(state.thresholds)
+        else:
+            due = (state.count + 1) % every_k_steps == 0
+            selected, warm = jax.lax.cond(due, project, skip, state.thresholds)
+        flat_new = list(flat_updates)
+        for leaf, u in zip(leaves, selected):
+            flat_new[leaf.index] = u
+        new_updates = jax.tree_util.tree_unflatten(treedef, flat_new)
         return new_updates, ProjectionState(count=state.count + 1, thresholds=warm)
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -464,3 +464,29 @@ def test_sharded_run_equals_single_device(tmp_path):
         [sys.executable, str(path)], capture_output=True, text=True, env=env, timeout=300
     )
     assert "SHARDED-OK" in out.stdout, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name", ["l1", "l11", "l21"])
+def test_float64_params_are_projected_in_float64(name):
+    # Issue 10, item 4: float64 leaves must not be rounded through float32.
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(14), (40, 30), jnp.float64)
+        radius = 0.3 * norm_of(name, x, 0)
+        params = {"kernel": x}
+        tx = FACTORIES[name](radius)
+        new, state = step(tx, params, {"kernel": jnp.zeros_like(x)}, tx.init(params))
+        assert new["kernel"].dtype == jnp.float64
+        expected = REFERENCES[name](np.asarray(x), radius, 0)
+        np.testing.assert_allclose(new["kernel"], expected, rtol=0, atol=1e-12)
+        assert norm_of(name, new["kernel"], 0) <= radius * (1 + 1e-12)
+        warm = jax.tree_util.tree_leaves(state.thresholds)
+        assert warm and all(leaf.dtype == jnp.float64 for leaf in warm)
+
+
+def test_every_k_steps_leaves_unselected_updates_untouched():
+    params = {"kernel": jnp.ones((4, 4)), "bias": jnp.full((4,), 0.1)}
+    updates = {"kernel": jnp.full((4, 4), 0.3), "bias": jnp.full((4,), 1e-8)}
+    for k in (1, 2):
+        tx = sparsejax.project_l1(2.0, every_k_steps=k)
+        new_updates, _ = tx.update(updates, tx.init(params), params)
+        chex.assert_trees_all_equal(new_updates["bias"], updates["bias"])
