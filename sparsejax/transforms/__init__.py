@@ -32,14 +32,8 @@ from sparsejax.transforms._projection_factories import (
     project_l111,
     project_nuclear,
 )
-from sparsejax.transforms._proximal import (
-    ProximalRMSPropState,
-    ProxState,
-    prox_l0,
-    prox_l1,
-    proximal_rmsprop,
-    prune_to_rate,
-)
+from sparsejax.transforms._proximal import ProxState, prox_l0, prox_l1, prune_to_rate
+from sparsejax.transforms._rmsprop import ProximalRMSPropState, proximal_rmsprop
 from sparsejax.transforms._selection import path_string, selected_leaves
 from sparsejax.transforms._xrda import XRDAState, adaptive_l1_weight, xrda
 

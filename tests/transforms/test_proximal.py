@@ -1,8 +1,6 @@
-"""Tests of the prox_* transformations and proximal_rmsprop against NumPy references."""
+"""Tests of the prox_* and prune_to_rate transformations against NumPy and scikit-learn."""
 
 from __future__ import annotations
-
-import itertools
 
 import chex
 import jax
@@ -13,114 +11,28 @@ import pytest
 from sklearn.linear_model import Lasso, MultiTaskLasso
 
 import sparsejax
-
-CONV = "params/Conv_0/kernel"
-DENSE = "params/Dense_0/kernel"
-
-
-def make_params(seed=0):
-    rng = np.random.default_rng(seed)
-    return {
-        "params": {
-            "Conv_0": {
-                "kernel": jnp.asarray(rng.normal(size=(3, 3, 2, 4)), jnp.float32),
-                "bias": jnp.asarray(rng.normal(size=4), jnp.float32),
-            },
-            "Dense_0": {
-                "kernel": jnp.asarray(rng.normal(size=(8, 3)), jnp.float32),
-                "bias": jnp.asarray(rng.normal(size=3), jnp.float32),
-            },
-        }
-    }
+from tests.transforms._prox_reference import (
+    CONV,
+    DENSE,
+    between_middle_values,
+    flat,
+    group_masks,
+    lipschitz_step,
+    make_params,
+    random_grads,
+    ref_l0,
+    ref_l1,
+    ref_prune,
+    run_steps,
+    sparse_least_squares,
+    support_of,
+    train,
+)
 
 
-def flat(tree):
-    return {
-        sparsejax.path_string(path): np.asarray(leaf, np.float64)
-        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
-    }
-
-
-# --------------------------------------------------------------------------- NumPy references
-
-
-def group_masks(shape, group):
-    """One boolean mask per group, by explicit loops over the Flax kernel layout."""
-    kept_axes = {
-        "weight": range(len(shape)),
-        "kernel": (len(shape) - 2, len(shape) - 1),
-        "input": (len(shape) - 2,),
-        "output": (len(shape) - 1,),
-    }[group]
-    masks = []
-    for index in itertools.product(*(range(shape[a]) for a in kept_axes)):
-        mask = np.zeros(shape, bool)
-        selector = [slice(None)] * len(shape)
-        for axis, i in zip(kept_axes, index):
-            selector[axis] = i
-        mask[tuple(selector)] = True
-        masks.append(mask)
-    return masks
-
-
-def ref_l1(z, lam, mu, group):
-    """Scalar-step group shrinkage, or per-weight soft thresholding."""
-    mu = np.broadcast_to(mu, z.shape)
-    out = np.zeros_like(z)
-    for mask in group_masks(z.shape, group):
-        if group == "weight":
-            out[mask] = np.sign(z[mask]) * np.maximum(np.abs(z[mask]) - lam * mu[mask], 0)
-        else:
-            norm = np.linalg.norm(z[mask])
-            threshold = lam * mu[mask][0]  # callers pass a group-constant step here
-            out[mask] = z[mask] * max(1 - threshold / norm, 0) if norm > 0 else 0
-    return out
-
-
-def ref_l0(z, lam, mu, group):
-    mu = np.broadcast_to(mu, z.shape)
-    out = np.zeros_like(z)
-    for mask in group_masks(z.shape, group):
-        if np.sum(z[mask] ** 2 / (2 * mu[mask])) > lam:  # zeroing costs more than lam
-            out[mask] = z[mask]
-    return out
-
-
-def ref_prune(z, rate, group):
-    masks = group_masks(z.shape, group)
-    norms = np.array([np.linalg.norm(z[m]) for m in masks])
-    out = z.copy()
-    for g in np.argsort(norms, kind="stable")[: int(np.round(rate * len(masks)))]:
-        out[masks[g]] = 0
-    return out
-
-
-def random_grads(params, step):
-    return jax.tree_util.tree_map(
-        lambda p: jnp.asarray(np.random.default_rng(100 + step).normal(size=p.shape), jnp.float32),
-        params,
-    )
-
-
-def run_steps(tx, params, n_steps):
-    """Applies tx for n_steps with fixed pseudo-random gradients; returns params and updates."""
-    state = tx.init(params)
-    update = jax.jit(tx.update)
-    history = []
-    for step in range(n_steps):
-        updates, state = update(random_grads(params, step), state, params)
-        history.append(updates)
-        params = optax.apply_updates(params, updates)
-    return params, history, state
-
-
-# --------------------------------------------------------------------------- prox-SGD
-
-
-def between_middle_values(values):
-    """A level strictly between the two middle values: about half the groups on each side."""
-    ordered = np.sort(np.asarray(values, np.float64))
-    return (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
+@pytest.fixture(scope="module")
+def sparse_problem():
+    return sparse_least_squares()
 
 
 @pytest.mark.parametrize(
@@ -224,9 +136,6 @@ def test_bfloat16_params_keep_their_dtype():
     chex.assert_trees_all_equal_dtypes(updates, params)
 
 
-# --------------------------------------------------------------------------- validation
-
-
 @pytest.mark.parametrize(
     ("build", "match"),
     [
@@ -236,13 +145,6 @@ def test_bfloat16_params_keep_their_dtype():
         (lambda: sparsejax.prox_l0(1.0, group="channel"), "group='channel'"),
         (lambda: sparsejax.prox_l1(1.0, every_k_steps=0), "every_k_steps"),
         (lambda: sparsejax.prune_to_rate(1.5), "rate"),
-        (lambda: sparsejax.proximal_rmsprop(1e-3), "exactly one of lam"),
-        (lambda: sparsejax.proximal_rmsprop(1e-3, 1.0, rate=0.5), "exactly one of lam"),
-        (lambda: sparsejax.proximal_rmsprop(1e-3, rate=0.5, penalty="l1"), "penalty='l0'"),
-        (lambda: sparsejax.proximal_rmsprop(1e-3, 1.0, penalty="l2"), "penalty='l2'"),
-        (lambda: sparsejax.proximal_rmsprop(1e-3, 1.0, decay=1.0), "decay"),
-        (lambda: sparsejax.proximal_rmsprop(-1e-3, 1.0), "learning_rate"),
-        (lambda: sparsejax.proximal_rmsprop(1e-3, 1.0, eps=-1.0), "eps"),
     ],
 )
 def test_bad_hyperparameters_raise_when_built(build, match):
@@ -258,164 +160,9 @@ def test_bad_selection_raises_at_init_and_missing_params_at_update():
         sparsejax.prox_l0({"Embed": 1.0}).init(params)
     with pytest.raises(ValueError, match="Conv_0/bias"):
         sparsejax.prox_l0(1.0, group="input", where="bias").init(params)
-    tx = sparsejax.proximal_rmsprop(1e-3, 1.0)
+    tx = sparsejax.prox_l1(1.0)
     with pytest.raises(ValueError, match="params"):
         tx.update(params, tx.init(params))
-
-
-# --------------------------------------------------------------------------- Proximal RMSProp
-
-
-def ref_proximal_rmsprop(params, n_steps, lr, decay, eps, every_k_steps, apply_prox):
-    """Eq. (18) of the paper in NumPy, then the prox with the per-weight steps every k steps."""
-    current = flat(params)
-    nu = {path: np.zeros_like(value) for path, value in current.items()}
-    for step in range(n_steps):
-        grads = flat(random_grads(params, step))
-        for path in current:
-            nu[path] = decay * nu[path] + (1 - decay) * grads[path] ** 2
-            mu = lr / (np.sqrt(nu[path]) + eps)
-            current[path] = current[path] - mu * grads[path]
-            if (step + 1) % every_k_steps == 0 and path in (CONV, DENSE):
-                current[path] = apply_prox(current[path], mu)
-    return current, nu
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "apply_prox"),
-    [
-        ({"lam": 0.02}, lambda z, mu: ref_l0(z, 0.02, mu, "weight")),
-        ({"lam": 0.3, "group": "kernel"}, lambda z, mu: ref_l0(z, 0.3, mu, "kernel")),
-        ({"lam": 0.5, "penalty": "l1"}, lambda z, mu: ref_l1(z, 0.5, mu, "weight")),
-        ({"rate": 0.5, "group": "output"}, lambda z, mu: ref_prune(z, 0.5, "output")),
-    ],
-)
-def test_proximal_rmsprop_matches_reference(kwargs, apply_prox):
-    params = make_params()
-    tx = sparsejax.proximal_rmsprop(0.05, every_k_steps=2, decay=0.9, eps=1e-8, **kwargs)
-    got, _, state = run_steps(tx, params, 4)
-    expected, expected_nu = ref_proximal_rmsprop(params, 4, 0.05, 0.9, 1e-8, 2, apply_prox)
-    got = flat(got)
-    for path in expected:
-        np.testing.assert_allclose(got[path], expected[path], atol=1e-5)
-    # the squared-gradient average saw the loss gradients only, never the prox
-    for path, nu in flat(state.nu).items():
-        np.testing.assert_allclose(nu, expected_nu[path], rtol=1e-5)
-    assert 0 < np.count_nonzero(got[DENSE]) < got[DENSE].size
-
-
-def test_proximal_rmsprop_group_l1_is_the_weighted_prox():
-    """Group L1 with per-weight RMSProp steps: the optimality conditions of the weighted prox."""
-    params = make_params()
-    lr = 0.05
-    g = np.asarray(random_grads(params, 0)["params"]["Dense_0"]["kernel"], np.float64)
-    mu = lr / (np.sqrt(0.1 * g**2) + 1e-8)
-    z = flat(params)[DENSE] - mu * g
-    lam = between_middle_values([np.linalg.norm(z[i] / mu[i]) for i in range(z.shape[0])])
-    tx = sparsejax.proximal_rmsprop(lr, lam, penalty="l1", group="input", where="Dense_0/kernel")
-    got = flat(run_steps(tx, params, 1)[0])[DENSE]
-    zero_rows = 0
-    for i in range(z.shape[0]):
-        w = got[i]
-        if np.all(w == 0):
-            zero_rows += 1
-            assert np.linalg.norm(z[i] / mu[i]) <= lam * (1 + 1e-5)
-        else:
-            residual = (w - z[i]) / mu[i] + lam * w / np.linalg.norm(w)
-            assert np.abs(residual).max() <= 1e-4 * np.abs(z[i] / mu[i]).max()
-    assert 0 < zero_rows < z.shape[0]
-
-
-def test_proximal_rmsprop_with_inject_hyperparams_and_schedule():
-    params = make_params()
-    schedule = optax.exponential_decay(0.05, transition_steps=1, decay_rate=0.5)
-    injected = optax.inject_hyperparams(sparsejax.proximal_rmsprop)(
-        learning_rate=schedule, lam=0.02, group="kernel"
-    )
-    plain = sparsejax.proximal_rmsprop(schedule, 0.02, group="kernel")
-    chex.assert_trees_all_close(
-        run_steps(injected, params, 3)[0], run_steps(plain, params, 3)[0], atol=1e-6
-    )
-
-
-def test_proximal_rmsprop_with_flax_nnx_optimizer():
-    from flax import nnx
-
-    class Net(nnx.Module):
-        def __init__(self, rngs):
-            self.conv = nnx.Conv(1, 4, kernel_size=(3, 3), rngs=rngs)
-            self.dense = nnx.Linear(4, 2, rngs=rngs)
-
-        def __call__(self, x):
-            return self.dense(jnp.mean(nnx.relu(self.conv(x)), axis=(1, 2)))
-
-    model = Net(nnx.Rngs(0))
-    optimizer = nnx.Optimizer(
-        model, sparsejax.proximal_rmsprop(1e-2, rate=0.5, group="output"), wrt=nnx.Param
-    )
-    x = jnp.ones((2, 5, 5, 1))
-
-    @nnx.jit
-    def train_step(model, optimizer):
-        grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(model)
-        optimizer.update(model, grads)
-
-    train_step(model, optimizer)
-    conv_filters = np.abs(np.asarray(model.conv.kernel[...])).sum(axis=(0, 1, 2))
-    dense_units = np.abs(np.asarray(model.dense.kernel[...])).sum(axis=0)
-    assert (conv_filters == 0).sum() == 2 and (dense_units == 0).sum() == 1
-    assert np.all(np.asarray(model.conv.bias[...]) != 0)  # biases are not selected
-
-
-# --------------------------------------------------------------------------- convergence
-
-
-N_SAMPLES, N_FEATURES, N_INFORMATIVE, N_TASKS = 400, 200, 10, 3
-
-
-@pytest.fixture(scope="module")
-def sparse_problem():
-    """Least squares with 200 features of which 10 are informative (shared by all tasks)."""
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(N_SAMPLES, N_FEATURES))
-    support = np.sort(rng.choice(N_FEATURES, N_INFORMATIVE, replace=False))
-    w = np.zeros((N_FEATURES, N_TASKS))
-    signs = rng.choice([-1.0, 1.0], (N_INFORMATIVE, N_TASKS))
-    w[support] = signs * rng.uniform(1.0, 2.0, (N_INFORMATIVE, N_TASKS))
-    y = x @ w + 0.1 * rng.normal(size=(N_SAMPLES, N_TASKS))
-    return x, y, support
-
-
-def train(tx, x, y, n_steps, batch_size=None, seed=0):
-    """Minimises 0.5 * mean ||x w - y||^2 over w = params["kernel"] with tx; returns w."""
-    xs, ys = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
-    params = {"kernel": jnp.zeros((x.shape[1], y.shape[1]))}
-
-    def loss(params, xb, yb):
-        return 0.5 * jnp.mean(jnp.sum((xb @ params["kernel"] - yb) ** 2, axis=-1))
-
-    def step(carry, key):
-        params, state = carry
-        if batch_size is None:
-            xb, yb = xs, ys
-        else:
-            rows = jax.random.permutation(key, x.shape[0])[:batch_size]
-            xb, yb = xs[rows], ys[rows]
-        updates, state = tx.update(jax.grad(loss)(params, xb, yb), state, params)
-        return (optax.apply_updates(params, updates), state), None
-
-    keys = jax.random.split(jax.random.PRNGKey(seed), n_steps)
-    run = jax.jit(lambda carry: jax.lax.scan(step, carry, keys)[0])
-    params, _ = run((params, tx.init(params)))
-    return np.asarray(params["kernel"], np.float64)
-
-
-def support_of(w):
-    return np.flatnonzero(np.abs(w).sum(axis=1))
-
-
-def lipschitz_step(x):
-    return 1.0 / np.linalg.eigvalsh(x.T @ x / x.shape[0]).max()
 
 
 def test_prox_gradient_l1_matches_sklearn_lasso(sparse_problem):
@@ -451,22 +198,3 @@ def test_prox_sgd_l0_recovers_the_support(sparse_problem):
     np.testing.assert_array_equal(support_of(w), support)
     least_squares = np.linalg.lstsq(x[:, support], y[:, 0], rcond=None)[0]
     np.testing.assert_allclose(w[support, 0], least_squares, atol=0.02)
-
-
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {"lam": 0.05},
-        {"lam": 0.05, "group": "input"},
-        {"rate": 1 - N_INFORMATIVE / N_FEATURES, "group": "input"},
-    ],
-)
-def test_proximal_rmsprop_recovers_the_support(sparse_problem, kwargs):
-    x, y, support = sparse_problem
-    tasks = N_TASKS if kwargs.get("group") == "input" else 1
-    # the paper applies the prox once per epoch: 10 batches of 40 samples
-    tx = sparsejax.proximal_rmsprop(1e-2, every_k_steps=10, **kwargs)
-    w = train(tx, x, y[:, :tasks], 1500, batch_size=40)
-    np.testing.assert_array_equal(support_of(w), support)
-    least_squares = np.linalg.lstsq(x[:, support], y[:, :tasks], rcond=None)[0]
-    np.testing.assert_allclose(w[support], least_squares, atol=0.1)

@@ -1,8 +1,6 @@
-"""Tests of sparsejax.prox against NumPy/SciPy references written here."""
+"""Tests for the (group) L1 and L0 proximal operators (prox/_penalties.py)."""
 
 from __future__ import annotations
-
-import itertools
 
 import chex
 import jax
@@ -12,157 +10,17 @@ import pytest
 from scipy.optimize import minimize
 
 from sparsejax import prox
-
-CONV_SHAPE = (3, 2, 4, 5)  # (kh, kw, in, out)
-DENSE_SHAPE = (6, 4)  # (in, out)
-GROUPINGS = ("weight", "kernel", "input", "output")
-
-
-# --------------------------------------------------------------------------- references
-
-
-def reference_groups(shape, group):
-    """Index arrays (one boolean mask per group) built by explicit loops over the layout."""
-    ndim = len(shape)
-    masks = []
-    if group == "weight":
-        for index in itertools.product(*map(range, shape)):
-            mask = np.zeros(shape, bool)
-            mask[index] = True
-            masks.append(mask)
-    elif group == "kernel":
-        for i, o in itertools.product(range(shape[-2]), range(shape[-1])):
-            mask = np.zeros(shape, bool)
-            mask[..., i, o] = True
-            masks.append(mask)
-    elif group == "input":
-        for i in range(shape[ndim - 2]):
-            mask = np.zeros(shape, bool)
-            mask[..., i, :] = True
-            masks.append(mask)
-    else:
-        for o in range(shape[-1]):
-            mask = np.zeros(shape, bool)
-            mask[..., o] = True
-            masks.append(mask)
-    return masks
-
-
-def reference_l0(z, lam, mu, group):
-    """Group L0 prox: keep a group iff zeroing it costs more (sum z^2 / 2mu) than lam."""
-    mu = np.broadcast_to(mu, z.shape)
-    out = np.zeros_like(z)
-    for mask in reference_groups(z.shape, group):
-        cost_of_zeroing = np.sum(z[mask] ** 2 / (2 * mu[mask]))
-        if cost_of_zeroing > lam:
-            out[mask] = z[mask]
-    return out
-
-
-def reference_group_shrink(z, threshold, group):
-    """Group soft threshold with a group-constant threshold (block soft thresholding)."""
-    out = np.zeros_like(z)
-    for mask in reference_groups(z.shape, group):
-        norm = np.linalg.norm(z[mask])
-        if norm > threshold:
-            out[mask] = z[mask] * (1 - threshold / norm)
-    return out
-
-
-def weighted_group_objective(w, z, mu, lam):
-    return np.sum((w - z) ** 2 / (2 * mu)) + lam * np.linalg.norm(w)
-
-
-def between_middle_values(values):
-    """A level strictly between the two middle values: about half the groups on each side."""
-    ordered = np.sort(np.asarray(values, np.float64))
-    middle = len(ordered) // 2
-    return (ordered[middle - 1] + ordered[middle]) / 2
-
-
-def random_kernel(shape, seed, dtype=np.float32):
-    return np.random.default_rng(seed).normal(size=shape).astype(dtype)
-
-
-# --------------------------------------------------------------------------- elementwise
-
-
-def test_soft_threshold_hand_checked():
-    x = jnp.array([-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.5])
-    expected = [-2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.5]
-    np.testing.assert_array_equal(prox.soft_threshold(x, 1.0), expected)
-
-
-def test_hard_threshold_hand_checked():
-    x = jnp.array([-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.5])
-    expected = [-3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.5]  # |x| == threshold is zeroed
-    np.testing.assert_array_equal(prox.hard_threshold(x, 1.0), expected)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, jnp.bfloat16])
-def test_thresholds_random_with_per_weight_thresholds(dtype):
-    x = random_kernel(DENSE_SHAPE, 0)
-    t = np.abs(random_kernel(DENSE_SHAPE, 1))
-    soft = prox.soft_threshold(jnp.asarray(x, dtype), jnp.asarray(t))
-    hard = prox.hard_threshold(jnp.asarray(x, dtype), jnp.asarray(t))
-    assert soft.dtype == dtype and hard.dtype == dtype
-    xd, td = (
-        np.asarray(jnp.asarray(x, dtype), np.float32),
-        np.asarray(jnp.asarray(t, dtype), np.float32),
-    )
-    np.testing.assert_allclose(
-        np.asarray(soft, np.float32), np.sign(xd) * np.maximum(np.abs(xd) - td, 0), atol=1e-2
-    )
-    np.testing.assert_array_equal(np.asarray(hard, np.float32), np.where(np.abs(xd) > td, xd, 0))
-
-
-def test_soft_threshold_is_the_prox_of_the_l1_norm():
-    z = random_kernel((7,), 2).astype(np.float64)
-    t = 0.4
-    out = np.asarray(prox.soft_threshold(jnp.asarray(z, jnp.float32), t))
-    for zi, oi in zip(z, out):
-        grid = np.linspace(-4, 4, 80001)
-        best = grid[np.argmin(0.5 * (grid - zi) ** 2 + t * np.abs(grid))]
-        assert abs(oi - best) < 2e-4
-
-
-# --------------------------------------------------------------------------- groups
-
-
-@pytest.mark.parametrize("group", GROUPINGS)
-@pytest.mark.parametrize("shape", [CONV_SHAPE, DENSE_SHAPE])
-def test_group_norms_match_loops(shape, group):
-    x = random_kernel(shape, 3)
-    norms = np.asarray(prox.group_norms(jnp.asarray(x), group))
-    masks = reference_groups(shape, group)
-    broadcast = np.broadcast_to(norms, shape)
-    for mask in masks:
-        np.testing.assert_allclose(broadcast[mask], np.linalg.norm(x[mask]), rtol=1e-5)
-    assert norms.size == len(masks)
-
-
-def test_group_axes_on_flax_layouts():
-    assert prox.group_axes(4, "weight") == ()
-    assert prox.group_axes(4, "kernel") == (0, 1)
-    assert prox.group_axes(4, "input") == (0, 1, 3)
-    assert prox.group_axes(4, "output") == (0, 1, 2)
-    assert prox.group_axes(2, "kernel") == ()  # a Dense "kernel" is one weight
-    assert prox.group_axes(2, "input") == (1,)
-    assert prox.group_axes(2, "output") == (0,)
-
-
-@pytest.mark.parametrize("bad", ["channel", "inputs", None, 3])
-def test_unknown_group_is_rejected(bad):
-    with pytest.raises(ValueError, match="group"):
-        prox.l1(jnp.ones(DENSE_SHAPE), 1.0, group=bad)
-
-
-def test_input_group_needs_a_matrix():
-    with pytest.raises(ValueError, match="ndim >= 2"):
-        prox.l0(jnp.ones(5), 1.0, group="input")
-
-
-# --------------------------------------------------------------------------- L0
+from tests.prox._reference import (
+    CONV_SHAPE,
+    DENSE_SHAPE,
+    GROUPINGS,
+    between_middle_values,
+    random_kernel,
+    reference_group_shrink,
+    reference_groups,
+    reference_l0,
+    weighted_group_objective,
+)
 
 
 def test_l0_hand_checked_threshold_convention():
@@ -201,9 +59,6 @@ def test_l0_zero_step_keeps_nonzero_weights():
     out = prox.l0(z, 1.0, mu, group="input")
     np.testing.assert_array_equal(out, [[0.0, 0.125], [0.0, 0.0]])
     assert not np.any(np.isnan(np.asarray(out)))
-
-
-# --------------------------------------------------------------------------- L1
 
 
 def test_l1_group_hand_checked():
@@ -306,63 +161,6 @@ def test_l1_zero_step_and_zero_groups_are_finite():
     np.testing.assert_array_equal(out[0], [0.0, 0.0])
     np.testing.assert_allclose(out[1], [0.5, 0.0])  # zero step on the nonzero weight: unchanged
     np.testing.assert_allclose(out[2], np.array([2.0, -1.0]) * (1 - 0.5 / np.sqrt(5.0)), rtol=1e-6)
-
-
-# --------------------------------------------------------------------------- compression rate
-
-
-@pytest.mark.parametrize("group", GROUPINGS)
-@pytest.mark.parametrize("rate", [0.0, 0.25, 0.5, 0.9, 1.0])
-def test_prune_smallest_zeroes_the_requested_number_of_groups(group, rate):
-    x = random_kernel(CONV_SHAPE, 16)
-    out = np.asarray(prox.prune_smallest(jnp.asarray(x), rate, group=group))
-    masks = reference_groups(CONV_SHAPE, group)
-    zeroed = [m for m in masks if np.all(out[m] == 0)]
-    kept = [m for m in masks if not np.all(out[m] == 0)]
-    assert len(zeroed) == round(rate * len(masks))
-    for m in kept:
-        np.testing.assert_array_equal(out[m], x[m])  # kept groups are untouched
-    if zeroed and kept:  # the smallest groups went
-        assert max(np.linalg.norm(x[m]) for m in zeroed) <= min(np.linalg.norm(x[m]) for m in kept)
-
-
-def test_prune_smallest_ties_zero_the_first_groups_in_row_major_order():
-    x = jnp.ones((2, 2, 3, 2))
-    out = np.asarray(prox.prune_smallest(x, 0.5, group="kernel"))  # 6 equal groups, 3 zeroed
-    zero_groups = [(i, o) for i in range(3) for o in range(2) if np.all(out[:, :, i, o] == 0)]
-    assert zero_groups == [(0, 0), (0, 1), (1, 0)]
-
-
-def test_prune_smallest_counts_zero_groups_among_the_pruned():
-    x = np.asarray(random_kernel(DENSE_SHAPE, 17))
-    x[1] = 0.0
-    out = np.asarray(prox.prune_smallest(jnp.asarray(x), 2 / 6, group="input"))
-    assert [bool(np.all(row == 0)) for row in out].count(True) == 2
-    assert np.all(out[1] == 0)
-
-
-@pytest.mark.parametrize("rate", [0.3, 0.5, 0.77])
-@pytest.mark.parametrize("tied", [False, True])
-def test_prune_smallest_matches_numpy_stable_ranking(rate, tied):
-    rng = np.random.default_rng(18)
-    x = rng.integers(-2, 3, (50, 3)) if tied else rng.normal(size=(50, 3))  # tied: many ties
-    x = x.astype(np.float32)
-    out = np.asarray(prox.prune_smallest(jnp.asarray(x), rate, group="weight"))
-    order = np.argsort(np.abs(x).ravel(), kind="stable")
-    expected = x.ravel().copy()
-    expected[order[: round(rate * x.size)]] = 0
-    np.testing.assert_array_equal(out.ravel(), expected)
-
-
-def test_prune_smallest_extreme_values():
-    x = jnp.array([[np.inf, 1.0], [np.nan, 0.0], [1e-38, 1e38], [-0.0, 2.0]])
-    out = np.asarray(prox.prune_smallest(x, 0.75, group="weight"))  # 6 of 8 zeroed
-    # order of |x|: 0 (row 1), -0 (row 3), 1e-38, 1, 2, 1e38 go; inf and NaN (last) stay
-    assert np.isinf(out[0, 0]) and np.isnan(out[1, 0])
-    assert np.count_nonzero(out[~np.isnan(out)]) == 1
-
-
-# --------------------------------------------------------------------------- jit, vmap, grad
 
 
 def test_jit_with_traced_hyperparameters_matches_eager():

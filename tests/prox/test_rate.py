@@ -1,0 +1,67 @@
+"""Tests for pruning to a compression rate (prox/_rate.py)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sparsejax import prox
+from tests.prox._reference import (
+    CONV_SHAPE,
+    DENSE_SHAPE,
+    GROUPINGS,
+    random_kernel,
+    reference_groups,
+)
+
+
+@pytest.mark.parametrize("group", GROUPINGS)
+@pytest.mark.parametrize("rate", [0.0, 0.25, 0.5, 0.9, 1.0])
+def test_prune_smallest_zeroes_the_requested_number_of_groups(group, rate):
+    x = random_kernel(CONV_SHAPE, 16)
+    out = np.asarray(prox.prune_smallest(jnp.asarray(x), rate, group=group))
+    masks = reference_groups(CONV_SHAPE, group)
+    zeroed = [m for m in masks if np.all(out[m] == 0)]
+    kept = [m for m in masks if not np.all(out[m] == 0)]
+    assert len(zeroed) == round(rate * len(masks))
+    for m in kept:
+        np.testing.assert_array_equal(out[m], x[m])  # kept groups are untouched
+    if zeroed and kept:  # the smallest groups went
+        assert max(np.linalg.norm(x[m]) for m in zeroed) <= min(np.linalg.norm(x[m]) for m in kept)
+
+
+def test_prune_smallest_ties_zero_the_first_groups_in_row_major_order():
+    x = jnp.ones((2, 2, 3, 2))
+    out = np.asarray(prox.prune_smallest(x, 0.5, group="kernel"))  # 6 equal groups, 3 zeroed
+    zero_groups = [(i, o) for i in range(3) for o in range(2) if np.all(out[:, :, i, o] == 0)]
+    assert zero_groups == [(0, 0), (0, 1), (1, 0)]
+
+
+def test_prune_smallest_counts_zero_groups_among_the_pruned():
+    x = np.asarray(random_kernel(DENSE_SHAPE, 17))
+    x[1] = 0.0
+    out = np.asarray(prox.prune_smallest(jnp.asarray(x), 2 / 6, group="input"))
+    assert [bool(np.all(row == 0)) for row in out].count(True) == 2
+    assert np.all(out[1] == 0)
+
+
+@pytest.mark.parametrize("rate", [0.3, 0.5, 0.77])
+@pytest.mark.parametrize("tied", [False, True])
+def test_prune_smallest_matches_numpy_stable_ranking(rate, tied):
+    rng = np.random.default_rng(18)
+    x = rng.integers(-2, 3, (50, 3)) if tied else rng.normal(size=(50, 3))  # tied: many ties
+    x = x.astype(np.float32)
+    out = np.asarray(prox.prune_smallest(jnp.asarray(x), rate, group="weight"))
+    order = np.argsort(np.abs(x).ravel(), kind="stable")
+    expected = x.ravel().copy()
+    expected[order[: round(rate * x.size)]] = 0
+    np.testing.assert_array_equal(out.ravel(), expected)
+
+
+def test_prune_smallest_extreme_values():
+    x = jnp.array([[np.inf, 1.0], [np.nan, 0.0], [1e-38, 1e38], [-0.0, 2.0]])
+    out = np.asarray(prox.prune_smallest(x, 0.75, group="weight"))  # 6 of 8 zeroed
+    # order of |x|: 0 (row 1), -0 (row 3), 1e-38, 1, 2, 1e38 go; inf and NaN (last) stay
+    assert np.isinf(out[0, 0]) and np.isnan(out[1, 0])
+    assert np.count_nonzero(out[~np.isnan(out)]) == 1
