@@ -35,11 +35,15 @@ class GroupMember(NamedTuple):
       path: the parameter path string (``"blocks/0/conv/kernel"``).
       axis: the axis of that parameter.
       indices: the sorted indices along ``axis``.
+      reads: True when this axis is contracted with an activation (the unit's input rows of a
+        Dense/Conv/attention-output kernel); a unit whose ``reads`` weights are all zero is
+        unused and can be removed whatever its other weights are.
     """
 
     path: str
     axis: int
     indices: tuple[int, ...]
+    reads: bool = False
 
 
 class CoupledGroup(NamedTuple):
@@ -127,6 +131,11 @@ class _Propagator:
     def __init__(self):
         self.uf = _UnionFind()
         self.activation_labels: list[np.ndarray] = []
+        self.read_nodes: set[int] = set()  # labels of parameter axes contracted with data
+
+    def mark_read(self, labels, operand: int) -> None:
+        if labels is not None and not self.in_dep[operand] and len(labels):
+            self.read_nodes.add(int(labels[0]))
 
     # --- helpers -------------------------------------------------------------------------
     def fresh_labels(self, shape) -> list:
@@ -340,6 +349,8 @@ class _Propagator:
         (lc, rc), (lb, rb) = p["dimension_numbers"]
         lhs, rhs = ins
         for a, b in zip(lc, rc, strict=True):
+            self.mark_read(lhs[a], 0)
+            self.mark_read(rhs[b], 1)
             self.uf.union_vectors(lhs[a], rhs[b])
         batch = [self.uf.union_vectors(lhs[a], rhs[b]) for a, b in zip(lb, rb, strict=True)]
         lfree = [lab for ax, lab in enumerate(lhs) if ax not in lc and ax not in lb]
@@ -353,6 +364,7 @@ class _Propagator:
         lhs, rhs = ins
         groups = p["feature_group_count"]
         lf, ri, ro = lhs[lhs_spec[1]], rhs[rhs_spec[1]], rhs[rhs_spec[0]]
+        self.mark_read(ri, 1)
         if groups == 1:
             self.uf.union_vectors(lf, ri)
         else:  # grouped / depthwise: the channels of one group live and die together
@@ -456,9 +468,9 @@ def coupled_groups(model, example_input, variables=None) -> tuple[CoupledGroup, 
       ...         return self.c(h + jax.nn.relu(self.b(h)))
       >>> groups = sparsejax.coupled_groups(Res(nnx.Rngs(0)), jnp.ones((1, 3)))
       >>> [g for g in groups if g.removable][0].members[:3]  # doctest: +NORMALIZE_WHITESPACE
-      (GroupMember(path='a/bias', axis=0, indices=(0,)),
-       GroupMember(path='a/kernel', axis=1, indices=(0,)),
-       GroupMember(path='b/bias', axis=0, indices=(0,)))
+      (GroupMember(path='a/bias', axis=0, indices=(0,), reads=False),
+       GroupMember(path='a/kernel', axis=1, indices=(0,), reads=False),
+       GroupMember(path='b/bias', axis=0, indices=(0,), reads=False))
     """
     fn, tree = _pure_forward(model, variables)
     x = jax.numpy.asarray(example_input)
@@ -476,19 +488,20 @@ def coupled_groups(model, example_input, variables=None) -> tuple[CoupledGroup, 
         uf.find(int(v)) for lab_list in outs for lab in lab_list if lab is not None for v in lab
     }
     active = {uf.find(int(v)) for lab in prop.activation_labels for v in lab}
-    members: dict[int, dict[tuple[str, int], set]] = {}
+    members: dict[int, dict[tuple[str, int, bool], set]] = {}
     for (path, _), labels in zip(leaves, param_labels, strict=True):
         name = path_string(path)
         for axis, lab in enumerate(labels):
             if math.prod(np.shape(lab)) == 0:
                 continue
+            reads = int(lab[0]) in prop.read_nodes
             for i, v in enumerate(lab):
                 root = uf.find(int(v))
                 if root in active:
-                    members.setdefault(root, {}).setdefault((name, axis), set()).add(i)
+                    members.setdefault(root, {}).setdefault((name, axis, reads), set()).add(i)
     groups = [
         CoupledGroup(
-            tuple(GroupMember(n, a, tuple(sorted(ix))) for (n, a), ix in sorted(m.items())),
+            tuple(GroupMember(n, a, tuple(sorted(ix)), r) for (n, a, r), ix in sorted(m.items())),
             root not in fixed,
         )
         for root, m in members.items()

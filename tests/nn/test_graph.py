@@ -206,3 +206,15 @@ def test_member_indices_are_sorted_tuples():
         for g in groups
         for m in g.members
     )
+
+
+def test_reads_marks_the_input_rows_of_each_unit():
+    groups = coupled_groups(_Residual(nnx.Rngs(0)), jnp.ones((1, 3)))
+    reads = {(m.path, m.axis) for g in groups if g.removable for m in g.members if m.reads}
+    assert reads == {("b/kernel", 0), ("c/kernel", 0), ("b2/kernel", 0)}
+    mha = nnx.MultiHeadAttention(
+        num_heads=2, in_features=8, qkv_features=8, decode=False, rngs=nnx.Rngs(0)
+    )
+    heads = [g for g in coupled_groups(mha, jnp.ones((1, 3, 8))) if g.removable]
+    reads = {(m.path, m.axis) for g in heads for m in g.members if m.reads}
+    assert reads == {("out/kernel", 0), ("out/kernel", 1)}
