@@ -6,7 +6,7 @@ Each factory returns an :class:`optax.GradientTransformation` built on the pure 
 * projection-gradient training (Guyard & Barlaud, 2020): ``project_l1``, ``project_l21``,
   ``project_l11``, ``project_l1inf``, ``project_bilevel_l1inf``, ``project_nuclear``,
   ``project_l111``; on coupled unit groups across layers: ``project_coupled``,
-  ``project_coupled_tree``, ``coupled_rows``;
+  ``project_coupled_tree``, ``prox_coupled_tree``, ``coupled_rows``;
 * the lottery optimizer with one projection (Guyard & Barlaud, 2020): ``support_mask``,
   ``rewind``, ``project_once``, ``keep_pruned``, and the ``magnitude_mask`` baseline;
 * proximal sparsifiers and Proximal RMSProp (Formanek & Hadházi): ``prox_l1``, ``prox_l0``,
@@ -20,6 +20,7 @@ from sparsejax.transforms._coupled import (
     coupled_rows,
     project_coupled,
     project_coupled_tree,
+    prox_coupled_tree,
 )
 from sparsejax.transforms._lottery import (
     KeepPrunedState,
@@ -72,6 +73,7 @@ __all__ = [
     "project_l111",
     "project_nuclear",
     "project_once",
+    "prox_coupled_tree",
     "prox_l0",
     "prox_l1",
     "proximal_rmsprop",

@@ -18,10 +18,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sparsejax import projections
+from sparsejax import projections, prox
 from sparsejax.transforms._selection import path_string
 
-__all__ = ["CoupledProjectionState", "coupled_rows", "project_coupled", "project_coupled_tree"]
+__all__ = [
+    "CoupledProjectionState",
+    "coupled_rows",
+    "project_coupled",
+    "project_coupled_tree",
+    "prox_coupled_tree",
+]
 
 _BALLS = {
     "l21": projections.l21_ball,
@@ -145,17 +151,60 @@ def project_coupled_tree(params, radius, groups, *, ball: str = "l21", side: str
     if ball not in _BALLS:
         raise ValueError(f"ball must be one of {sorted(_BALLS)}, got ball={ball!r}")
     _check_side(side)
+    return _map_rows(params, groups, side, lambda rows: _BALLS[ball](rows, radius, group_axis=0))
+
+
+def _map_rows(params, groups, side, fn):
+    """Gathers the groups' rows, applies ``fn`` to the padded matrix, scatters them back."""
     index, treedef, shapes, total = _layout(params, groups, side)
     leaves = jax.tree_util.tree_leaves(params)
     flat = jnp.concatenate([jnp.ravel(x) for x in leaves] + [jnp.zeros((1,), leaves[0].dtype)])
-    rows = _BALLS[ball](flat[index], radius, group_axis=0)
-    flat = flat.at[index].set(rows)[:total]
+    flat = flat.at[index].set(fn(flat[index]))[:total]
     sizes = np.cumsum([int(np.prod(s)) for s in shapes])[:-1]
     parts = jnp.split(flat, sizes)
     return jax.tree_util.tree_unflatten(
         treedef,
         [p.reshape(s).astype(x.dtype) for p, s, x in zip(parts, shapes, leaves, strict=True)],
     )
+
+
+_PROX = {
+    "l1": lambda rows, lam, step: prox.l1(rows, lam, step, group="input"),
+    "l0": lambda rows, lam, step: prox.l0(rows, lam, step, group="input"),
+    "rate": lambda rows, rate, step: prox.prune_smallest(rows, rate, group="input"),
+}
+
+
+def prox_coupled_tree(params, lam, groups, *, penalty="l1", step=1.0, side="inputs"):
+    r"""Group prox (or compression rate) on coupled groups spanning several layers.
+
+    With :math:`w_g` the concatenation of group :math:`g`'s weights over all its layers
+    (Formanek & Hadházi):
+
+    .. math::
+                ext{l1: } w_g \max\!\Big(1 - rac{\lambda\mu}{\|w_g\|_2}, 0\Big), \quad
+                ext{l0: } w_g\,[\|w_g\|_2^2 > 2\lambda\mu], \quad
+                ext{rate: zero the } \operatorname{round}(\lambda G) 	ext{ smallest } \|w_g\|_2 .
+
+    Args:
+      params: the parameter tree.
+      lam: the penalty weight :math:`\lambda` (for ``penalty="rate"``: the fraction of groups
+        to zero).
+      groups: the coupled groups.
+      penalty: ``"l1"``, ``"l0"`` or ``"rate"``.
+      step: the step :math:`\mu` (a scalar).
+      side: as for :func:`project_coupled_tree`.
+
+    Returns:
+      The tree after the prox; weights in no group are unchanged.
+
+    Raises:
+      ValueError: an unknown ``penalty`` or ``side``, groups that do not fit ``params``.
+    """
+    if penalty not in _PROX:
+        raise ValueError(f"penalty must be one of {sorted(_PROX)}, got penalty={penalty!r}")
+    _check_side(side)
+    return _map_rows(params, groups, side, lambda rows: _PROX[penalty](rows, lam, step))
 
 
 def project_coupled(

@@ -8,7 +8,12 @@ import pytest
 from flax import nnx
 
 from sparsejax.nn import coupled_groups
-from sparsejax.transforms._coupled import coupled_rows, project_coupled, project_coupled_tree
+from sparsejax.transforms._coupled import (
+    coupled_rows,
+    project_coupled,
+    project_coupled_tree,
+    prox_coupled_tree,
+)
 
 
 class _Residual(nnx.Module):
@@ -140,3 +145,24 @@ def test_transformation_jits_and_validates():
         project_coupled(1.0, groups, side="all").init(params)
     with pytest.raises(ValueError, match="side="):
         project_coupled(1.0, groups, side="outputs")
+
+
+@pytest.mark.parametrize("penalty", ["l1", "l0", "rate"])
+def test_group_prox_on_coupled_groups_matches_numpy(penalty):
+    params, groups = _setup()
+    rows = np.asarray(coupled_rows(params, groups))
+    norms = np.linalg.norm(rows, axis=1)
+    lam, step = (0.25, 1.0) if penalty == "rate" else (float(np.median(norms)) * 0.9, 1.0)
+    if penalty == "l1":
+        expected = rows * np.maximum(1 - lam * step / norms, 0)[:, None]
+    elif penalty == "l0":
+        expected = rows * (norms**2 > 2 * lam * step)[:, None]
+    else:
+        n_zero = int(np.round(lam * len(norms)))
+        expected = rows.copy()
+        expected[np.argsort(norms, kind="stable")[:n_zero]] = 0
+    got = prox_coupled_tree(params, lam, groups, penalty=penalty, step=step)
+    np.testing.assert_allclose(np.asarray(coupled_rows(got, groups)), expected, atol=1e-6)
+    assert np.any(np.all(expected == 0, axis=1))  # the case zeroes at least one whole group
+    with pytest.raises(ValueError, match="penalty="):
+        prox_coupled_tree(params, lam, groups, penalty="l2")
