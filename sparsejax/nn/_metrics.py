@@ -64,6 +64,7 @@ from typing import Any
 
 import numpy as np
 
+from sparsejax import _optional
 from sparsejax.nn import _tracing, _units
 from sparsejax.nn._memory import _memory, compressed_bytes, entropy_bits, sparsity
 from sparsejax.nn._table import _format_table
@@ -252,6 +253,7 @@ def model_report(
     >>> report.dense_maccs, report.effective_maccs
     (18, 15)
     """
+    _optional.require_flax("sparsejax.model_report")
     if baseline is not None and not isinstance(baseline, ModelReport):
         raise ValueError(f"baseline must be a ModelReport, got {type(baseline).__name__}")
     network = _tracing.trace(model, example_input, variables)
@@ -278,6 +280,7 @@ def effective_maccs(model: Any, example_input: Any, variables: Any = None) -> in
     Raises:
       ValueError: as :func:`model_report`.
     """
+    _optional.require_flax("sparsejax.effective_maccs")
     return model_report(model, example_input, variables).effective_maccs
 
 

@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sparsejax import _optional
 from sparsejax.nn import _calls, _tracing, _units
 
 __all__ = ["ShrunkenLinenModel", "remove_dead_units"]
@@ -122,6 +123,7 @@ def remove_dead_units(
     >>> bool(jnp.allclose(small(x), model(x), atol=1e-5))
     True
     """
+    _optional.require_flax("sparsejax.remove_dead_units")
     network = _tracing.trace(model, example_input, variables)
     if not network.sequential:
         raise ValueError(

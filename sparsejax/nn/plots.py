@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from sparsejax import _optional
+
 __all__ = [
     "plot_accuracy_vs_maccs",
     "plot_against_eta",
@@ -46,9 +48,8 @@ _KDE_SAMPLES = 20_000
 
 
 def _figure(rows: int = 1, cols: int = 1, *, size: tuple[float, float] = (6.4, 4.2)):
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=size, layout="constrained")
+    matplotlib_figure = _optional.require("matplotlib.figure", "sparsejax.plots", "plots")
+    figure = matplotlib_figure.Figure(figsize=size, layout="constrained")
     axes = figure.subplots(rows, cols, squeeze=False)
     return figure, axes
 

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sparsejax import _optional
 from sparsejax.nn._sis._fitting import SISLayerRecord, _Settings, _sparsify_layer
 from sparsejax.nn._sis._inclusion import _check_activation
 from sparsejax.nn._sis._model import _discover_layers, _Layer, _nnx, _set_layer_params
@@ -151,6 +152,7 @@ def sis_layers(model: Any, batch: Any) -> list[tuple[str, str, tuple[int, ...]]]
     >>> sis_layers(nnx.Linear(3, 2, rngs=nnx.Rngs(0)), jnp.ones((1, 3)))
     [('', 'dense', (3, 2))]
     """
+    _optional.require_flax("sparsejax.sis_layers")
     nnx = _nnx()
     graphdef, state = nnx.split(model)
     layers = _discover_layers(graphdef, (state,), batch)
@@ -251,6 +253,7 @@ def sis_sparsify(
         empty ``batches``, or a model SIS cannot read (a layer called twice, grouped or masked
         convolutions).
     """
+    _optional.require_flax("sparsejax.sis_sparsify")
     nnx = _nnx()
     control, spec = _control(sparsity, radius, penalty, max_error)
     _check_options(ball, steps, step_size, momentum, ramp, targets, eval_batches, search_steps)

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from sparsejax import _optional
 from sparsejax.nn import _calls
 
 # --------------------------------------------------------------------------------------------
@@ -17,13 +18,7 @@ from sparsejax.nn import _calls
 
 
 def _nnx():
-    try:
-        from flax import nnx  # optional: sparsejax itself needs only jax and optax
-    except ImportError as err:  # pragma: no cover - exercised only without flax
-        raise ImportError(
-            "sparsejax.sis needs flax (pip install 'sparsejax[experiments]')"
-        ) from err
-    return nnx
+    return _optional.require_flax("sparsejax.sis_sparsify")
 
 
 class _ReachedLayer(Exception):
