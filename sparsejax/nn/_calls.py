@@ -230,4 +230,9 @@ def _check_example_input(example_input: Any) -> jax.Array:
             "example_input must be an array with a leading batch axis, "
             f"got {type(example_input).__name__} of shape {np.shape(example_input)}"
         )
+    if np.shape(example_input)[0] == 0:
+        raise ValueError(
+            "example_input must hold at least one example, got an empty batch of shape "
+            f"{np.shape(example_input)}"
+        )
     return jnp.asarray(example_input)

@@ -174,7 +174,12 @@ def trace(model: Any, example_input: Any, variables: Any = None) -> Network:
     """Traces the Dense/Conv/BatchNorm calls of a Flax model on an example batch."""
     x = _check_example_input(example_input)
     runner = wrap_model(model, variables)
-    calls, lows, highs = _observe(runner, x)
+    try:
+        calls, lows, highs = _observe(runner, x)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"the model cannot run on example_input of shape {x.shape} and dtype {x.dtype}: {err}"
+        ) from err
     layer_calls = [call for call in calls if call.kind != "norm"]
     if not layer_calls:
         raise ValueError(

@@ -341,6 +341,10 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
         metrics.model_report(nnx.Sequential(nnx.relu), jnp.ones((1, 4)))
     with pytest.raises(ValueError, match="model"):
         metrics.model_report(42, jnp.ones((1, 4)), {"params": {}})
+    with pytest.raises(ValueError, match=r"example_input must hold at least one.*\(0, 4\)"):
+        metrics.model_report(model, jnp.ones((0, 4)))
+    with pytest.raises(ValueError, match=r"example_input of shape \(2, 7\)"):
+        metrics.model_report(model, jnp.ones((2, 7)))
 
 
 def test_public_names_are_exported():

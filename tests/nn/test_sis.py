@@ -489,6 +489,12 @@ def test_bad_batches_and_models_raise():
         sis.sis_sparsify(MLP((4, 3)), iter([jnp.ones((2, 4))]), sparsity=0.5)
     with pytest.raises(ValueError, match="no batch"):
         sis.sis_sparsify(MLP((4, 3)), [], sparsity=0.5)
+    with pytest.raises(ValueError, match=r"non-empty batches.*\(0, 4\)"):
+        sis.sis_sparsify(MLP((4, 3)), [jnp.ones((0, 4))], sparsity=0.5)
+    with pytest.raises(ValueError, match=r"batch of shape \(2, 7\) from batches"):
+        sis.sis_sparsify(MLP((4, 3)), [jnp.ones((2, 7))], sparsity=0.5)
+    with pytest.raises(ValueError, match=r"non-finite.*check that the batches are finite"):
+        sis.sis_sparsify(MLP((4, 3)), [jnp.full((2, 4), jnp.nan)], sparsity=0.5, steps=5)
     grouped = nnx.Conv(4, 4, (3, 3), feature_group_count=2, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="feature_group_count"):
         sis.sis_sparsify(grouped, [jnp.ones((1, 5, 5, 4))], sparsity=0.5)

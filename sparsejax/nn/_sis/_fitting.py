@@ -135,6 +135,8 @@ def _fit_layer(spec, schedule, rate, pretrained, states, stream, steps):
 def _layer_errors(spec, weights, pretrained, states, batches) -> tuple[float, float]:
     totals = sum(_errors(spec, weights, pretrained, *states, batch) for batch in batches)
     squared, zero_squared, phi_sum, samples = (float(v) for v in totals)
+    if samples == 0:
+        raise ValueError("batches: the evaluation batches hold no examples (empty batches)")
     return squared / max(zero_squared, np.finfo(np.float32).tiny), phi_sum / samples
 
 
@@ -243,7 +245,8 @@ def _sparsify_layer(settings: _Settings, layer: _Layer, activation: str, level: 
         raise ValueError(
             f"SIS produced non-finite {', '.join(bad)} in layer {layer.name!r} "
             f"(lipschitz={used[0]:.4g}, step_size={settings.step_size}, momentum="
-            f"{settings.momentum}): lower step_size or momentum, or keep estimate_lipschitz=True"
+            f"{settings.momentum}): check that the batches are finite, or lower step_size or "
+            "momentum"
         )
     error_after, phi_after = errors(weights)
     record = _record(layer, activation, settings.control, level, weights["kernel"])

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sparsejax import _optional
 from sparsejax.nn import _calls
@@ -81,7 +82,14 @@ def _discover_layers(graphdef: Any, states: tuple, batch: Any) -> list[_Layer]:
         with _intercepted_calls(hook):
             model(batch)
 
-    jax.eval_shape(forward, states, batch)
+    if np.ndim(batch) < 1 or np.shape(batch)[0] == 0:
+        raise ValueError(f"batches must hold non-empty batches, got one of shape {np.shape(batch)}")
+    try:
+        jax.eval_shape(forward, states, batch)
+    except TypeError as err:
+        raise ValueError(
+            f"the model cannot run on a batch of shape {np.shape(batch)} from batches: {err}"
+        ) from err
     if not found:
         raise ValueError("the model calls no nnx.Linear or nnx.Conv layer; nothing to sparsify")
     return found
