@@ -218,3 +218,32 @@ def test_reads_marks_the_input_rows_of_each_unit():
     heads = [g for g in coupled_groups(mha, jnp.ones((1, 3, 8))) if g.removable]
     reads = {(m.path, m.axis) for g in heads for m in g.members if m.reads}
     assert reads == {("out/kernel", 0), ("out/kernel", 1)}
+
+
+class _ConvResidual(nnx.Module):
+    """A ResNet basic block with BatchNorm on a stem, then global average pooling."""
+
+    def __init__(self, rngs):
+        self.stem, self.bn0 = nnx.Conv(1, 4, (3, 3), rngs=rngs), nnx.BatchNorm(4, rngs=rngs)
+        self.c1, self.bn1 = nnx.Conv(4, 6, (3, 3), rngs=rngs), nnx.BatchNorm(6, rngs=rngs)
+        self.c2, self.bn2 = nnx.Conv(6, 4, (3, 3), rngs=rngs), nnx.BatchNorm(4, rngs=rngs)
+        self.fc = nnx.Linear(4, 3, rngs=rngs)
+
+    def __call__(self, x):
+        h = jax.nn.relu(self.bn0(self.stem(x)))
+        h = jax.nn.relu(h + self.bn2(self.c2(jax.nn.relu(self.bn1(self.c1(h))))))
+        return self.fc(h.mean(axis=(1, 2)))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_conv_residual_block_with_batchnorm(train):
+    model = _ConvResidual(nnx.Rngs(0))
+    if not train:
+        model.eval()
+    removable = _as_sets(coupled_groups(model, jnp.ones((2, 6, 6, 1))))
+    norm = ("bias", "scale", "mean", "var")
+    stream = [("stem/kernel", 3), ("stem/bias", 0), ("c2/kernel", 3), ("c2/bias", 0)]
+    stream += [(f"bn{k}/{n}", 0) for k in (0, 2) for n in norm]
+    stream += [("c1/kernel", 2), ("fc/kernel", 0)]
+    inner = [("c1/kernel", 3), ("c1/bias", 0), ("c2/kernel", 2)] + [(f"bn1/{n}", 0) for n in norm]
+    assert removable == {_unit(i, *stream) for i in range(4)} | {_unit(i, *inner) for i in range(6)}
