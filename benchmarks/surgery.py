@@ -1,6 +1,6 @@
 """Inference time of a sparsified LFC4 before and after surgery, beside its effective-MACC ratio.
 
-LFC4 (784-1000-1000-512-128-10, ``experiments.models``) gets seed 000's l1,1 bi-level
+LFC4 (784-1000-1000-512-128-10, ``experiments.models``) gets Guyard & Barlaud's l1,1 bi-level
 projection (``sparsejax.projections.l11_ball``, groups = input units) of every kernel but the
 last, applied once to its initial weights with radius ``--eta``: the weights are not trained,
 only the sparsity structure matters for the timing. ``sparsejax.remove_dead_units`` then
@@ -38,7 +38,7 @@ BATCHES = (1, 256)
 def sparsified_lfc4(eta: float) -> nnx.Module:
     model = create_model("lfc4", input_shape=(28, 28, 1), num_classes=10, seed=0)
     layers = [getattr(model, f"fc{index}") for index in range(1, model.num_layers)]
-    for layer in layers:  # every kernel but the classifier's, as in seed 000's LFC4 runs
+    for layer in layers:  # every kernel but the classifier's, as in Guyard & Barlaud's LFC4 runs
         layer.kernel[...] = projections.l11_ball(layer.kernel[...], eta, group_axis=0)
     return model
 

@@ -18,11 +18,14 @@ from importlib import metadata as _metadata
 
 from sparsejax import nn, projections, prox, transforms
 from sparsejax.nn import (
+    CoupledGroup,
+    GroupMember,
     LayerReport,
     ModelReport,
     ShrunkenLinenModel,
     SISLayerRecord,
     compressed_bytes,
+    coupled_groups,
     effective_maccs,
     entropy_bits,
     model_report,
@@ -72,6 +75,8 @@ def __getattr__(name):
 
 
 __all__ = [
+    "CoupledGroup",
+    "GroupMember",
     "KeepPrunedState",
     "LayerReport",
     "ModelReport",
@@ -83,6 +88,7 @@ __all__ = [
     "XRDAState",
     "__version__",
     "compressed_bytes",
+    "coupled_groups",
     "effective_maccs",
     "entropy_bits",
     "keep_pruned",

@@ -4,6 +4,8 @@ They read Flax models (NNX modules, or Linen modules with their variables):
 
 * metrics (Guyard & Barlaud, 2020): ``model_report``, ``effective_maccs``, ``sparsity``,
   ``entropy_bits``, ``compressed_bytes``, with ``LayerReport`` / ``ModelReport``;
+* coupled unit groups read from the jaxpr (residual adds, heads, concatenation...):
+  ``coupled_groups``, with ``CoupledGroup`` / ``GroupMember``;
 * surgery: ``remove_dead_units`` returns the physically smaller model;
 * SIS, post-training sparsification by subdifferential inclusion (Verma & Pesquet, 2021):
   ``sis_sparsify``, ``sis_layers``;
@@ -12,6 +14,7 @@ They read Flax models (NNX modules, or Linen modules with their variables):
 All three read the model through one tracing mechanism, ``sparsejax.nn._tracing``.
 """
 
+from sparsejax.nn._graph import CoupledGroup, GroupMember, coupled_groups
 from sparsejax.nn._metrics import (
     LayerReport,
     ModelReport,
@@ -25,11 +28,14 @@ from sparsejax.nn._sis import SISLayerRecord, sis_layers, sis_sparsify
 from sparsejax.nn._surgery import ShrunkenLinenModel, remove_dead_units
 
 __all__ = [
+    "CoupledGroup",
+    "GroupMember",
     "LayerReport",
     "ModelReport",
     "SISLayerRecord",
     "ShrunkenLinenModel",
     "compressed_bytes",
+    "coupled_groups",
     "effective_maccs",
     "entropy_bits",
     "model_report",

@@ -19,18 +19,18 @@ call order, and in total, the report gives:
   is all zero), ``zero_outputs`` (output units/filters with an all-zero ``kernel[..., j]``) and,
   for convs, ``zero_kernels`` (all-zero ``kh x kw`` slices);
 * ``dense_maccs``: ``in * out`` for a Dense layer, ``kh * kw * Cin * Cout * Hout * Wout`` for
-  a Conv, per example, biases not counted (seed 000's convention);
+  a Conv, per example, biases not counted (Guyard & Barlaud's convention);
 * ``live_inputs``/``live_outputs``, ``effective_maccs`` and ``effective_params``: the figures
   of the smaller network that :func:`sparsejax.surgery.remove_dead_units` builds (see below);
-* memory three ways: ``float32_bytes = 4 * params``; ``entropy_bytes``, seed 000's estimate:
+* memory three ways: ``float32_bytes = 4 * params``; ``entropy_bytes``, Guyard & Barlaud's estimate:
   the Shannon entropy (bits/weight, :func:`entropy_bits`) of the layer's parameters quantised
   to float16 (their bit patterns are the symbols, -0 counted as +0) times their number, in
   bytes; ``compressed_bytes``, the real size of a compressed encoding
   (:func:`compressed_bytes`: a bitmask of the nonzeros and their float16 values split into
   high- and low-byte planes, zlib level 9). The same quantisation is applied to every model.
 
-With a ``baseline`` report (the dense model trained with Adam, as seed 000 does), ``relative``
-gives every total divided by the baseline's same total.
+With a ``baseline`` report (the dense model trained with Adam, as Guyard & Barlaud (2020)
+do), ``relative`` gives every total divided by the baseline's same total.
 
 Dead units are propagated along the network when its layers form a chain (the input of layer
 ``k + 1`` is computed from the output of layer ``k`` alone, through activations, BatchNorm,
@@ -60,15 +60,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import zlib
-from collections.abc import Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from sparsejax.nn import _tracing as _layers
+from sparsejax import _optional
+from sparsejax.nn import _tracing, _units
+from sparsejax.nn._memory import _memory, compressed_bytes, entropy_bits, sparsity
+from sparsejax.nn._table import _format_table
 
 __all__ = [
     "LayerReport",
@@ -90,94 +89,6 @@ _TOTALS = (
     "entropy_bytes",
     "compressed_bytes",
 )
-
-
-def sparsity(tree: Any) -> jax.Array:
-    """Fraction of exact zeros over every array leaf of a pytree.
-
-    .. math:: s = \\frac{\\#\\{i : w_i = 0\\}}{\\#\\{i\\}}
-
-    Jittable. Pass ``nnx.state(model, nnx.Param)`` or Linen ``variables["params"]``.
-
-    Args:
-      tree: a pytree of arrays (or a single array).
-
-    Returns:
-      A float32 scalar in ``[0, 1]`` (0 for a tree without elements).
-
-    >>> import jax.numpy as jnp
-    >>> float(sparsity({"w": jnp.array([0.0, 1.0, 0.0, 2.0]), "b": jnp.zeros(4)}))
-    0.75
-    """
-    leaves = jax.tree_util.tree_leaves(tree)
-    zeros = sum(jnp.sum(jnp.asarray(leaf) == 0) for leaf in leaves)
-    size = sum(jnp.size(leaf) for leaf in leaves)
-    return jnp.asarray(zeros, jnp.float32) / max(size, 1)
-
-
-def _float16_symbols(values: Any) -> np.ndarray:
-    # Adding +0.0 turns -0.0 into +0.0: a sign on zero carries no information.
-    halves = np.asarray(values, np.float32).astype(np.float16).ravel() + np.float16(0.0)
-    return halves.view(np.uint16)
-
-
-def entropy_bits(x: Any) -> float:
-    """Shannon entropy, in bits per weight, of weights quantised to float16.
-
-    Each weight is rounded to float16 and its 16-bit pattern is a symbol (``-0`` is counted as
-    ``+0``); with ``p_s`` the frequency of symbol ``s``:
-
-    .. math:: H = -\\sum_s p_s \\log_2 p_s
-
-    ``H * x.size / 8`` bytes is seed 000's memory estimate (an ideal entropy coder's output,
-    without its table). Computed on the host with NumPy.
-
-    Args:
-      x: an array of any shape (or several arrays concatenated by the caller).
-
-    Returns:
-      Bits per weight: 0 for a constant array, ``log2(k)`` for ``k`` equiprobable values.
-
-    >>> import numpy as np
-    >>> entropy_bits(np.zeros(10)), entropy_bits(np.array([1.0, 2.0, 3.0, 4.0]))
-    (0.0, 2.0)
-    """
-    symbols = _float16_symbols(x)
-    if symbols.size == 0:
-        return 0.0
-    counts = np.bincount(symbols, minlength=1 << 16)
-    frequencies = counts[counts > 0] / symbols.size
-    return float(max(0.0, -np.sum(frequencies * np.log2(frequencies))))
-
-
-def compressed_bytes(x: Any) -> int:
-    """Size in bytes of a real compressed encoding of the weights ``x``.
-
-    The encoding is ``numpy.packbits(x != 0)`` (the support, one bit per weight) followed by
-    the nonzero weights in float16, high bytes first then low bytes (byte planes compress
-    better than interleaved bytes), the whole compressed with ``zlib`` at level 9. It can be
-    decoded exactly back to the float16 weights given the shape.
-
-    Args:
-      x: an array of any shape.
-
-    Returns:
-      The length of the compressed bytes.
-
-    >>> import numpy as np
-    >>> compressed_bytes(np.zeros(100_000)) < 200
-    True
-    """
-    return len(_encode(x))
-
-
-def _encode(x: Any) -> bytes:
-    halves = np.asarray(x, np.float32).astype(np.float16).ravel()
-    nonzero = halves != 0
-    # Little-endian float16 -> (high byte, low byte) rows -> high-byte plane, low-byte plane.
-    planes = halves[nonzero].view(np.uint8).reshape(-1, 2)[:, ::-1].T
-    payload = np.packbits(nonzero).tobytes() + np.ascontiguousarray(planes).tobytes()
-    return zlib.compress(payload, 9)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,7 +179,7 @@ class ModelReport:
 
     @property
     def relative(self) -> dict[str, float] | None:
-        """Each total divided by the baseline's (seed 000's normalisation), or None."""
+        """Each total divided by the baseline's (Guyard & Barlaud's normalisation), or None."""
         if self.baseline is None:
             return None
         return {
@@ -342,10 +253,11 @@ def model_report(
     >>> report.dense_maccs, report.effective_maccs
     (18, 15)
     """
+    _optional.require_flax("sparsejax.model_report")
     if baseline is not None and not isinstance(baseline, ModelReport):
         raise ValueError(f"baseline must be a ModelReport, got {type(baseline).__name__}")
-    network = _layers.trace(model, example_input, variables)
-    plans = _layers.plan_units(network)
+    network = _tracing.trace(model, example_input, variables)
+    plans = _units.plan_units(network)
     rows = [_layer_row(layer, plan) for layer, plan in zip(network.layers, plans)]
     other = network.unowned_params()
     if other:
@@ -368,10 +280,11 @@ def effective_maccs(model: Any, example_input: Any, variables: Any = None) -> in
     Raises:
       ValueError: as :func:`model_report`.
     """
+    _optional.require_flax("sparsejax.effective_maccs")
     return model_report(model, example_input, variables).effective_maccs
 
 
-def _note(network: _layers.Network) -> str:
+def _note(network: _tracing.Network) -> str:
     if network.sequential:
         return "sequential: dead units propagated through consecutive layers"
     return (
@@ -380,14 +293,7 @@ def _note(network: _layers.Network) -> str:
     )
 
 
-def _memory(arrays: Sequence[np.ndarray]) -> tuple[int, int, float, int]:
-    values = np.concatenate([np.ravel(a) for a in arrays]) if arrays else np.zeros(0)
-    size = int(values.size)
-    entropy = entropy_bits(values) * size / 8.0
-    return size, int(np.sum(values == 0)), entropy, compressed_bytes(values)
-
-
-def _layer_row(layer: _layers.Layer, plan: _layers.UnitPlan) -> LayerReport:
+def _layer_row(layer: _tracing.Layer, plan: _units.UnitPlan) -> LayerReport:
     size, zeros, entropy, compressed = _memory(layer.param_arrays())
     connections = layer.connections
     nonzero_windows = np.any(layer.kernel != 0, axis=tuple(range(layer.kernel.ndim - 2)))
@@ -439,104 +345,4 @@ def _other_row(arrays: list[np.ndarray]) -> LayerReport:
         float32_bytes=4 * size,
         entropy_bytes=entropy,
         compressed_bytes=compressed,
-    )
-
-
-def _si(value: float) -> str:
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= scale:
-            return f"{value / scale:.1f}{suffix}"
-    return f"{value:.0f}"
-
-
-def _kb(value: float) -> str:
-    return f"{value / 1000:.1f}"
-
-
-_MEMORY = ("float32_bytes", "entropy_bytes", "compressed_bytes")
-
-_HEADER = (
-    "layer",
-    "kind",
-    "kernel",
-    "params",
-    "zeros",
-    "zero in",
-    "zero out",
-    "live in->out",
-    "MACCs",
-    "eff MACCs",
-    "f32 kB",
-    "H kB",
-    "zip kB",
-)
-
-
-def _row_cells(row: LayerReport) -> tuple[str, ...]:
-    return (
-        row.name,
-        row.kind,
-        "x".join(map(str, row.kernel_shape)) or "-",
-        _si(row.params),
-        f"{100 * row.sparsity:.1f}%",
-        f"{row.zero_inputs}/{row.inputs}" if row.kind != "other" else "-",
-        f"{row.zero_outputs}/{row.outputs}" if row.kind != "other" else "-",
-        f"{row.live_inputs}->{row.live_outputs}" if row.kind != "other" else "-",
-        _si(row.dense_maccs),
-        _si(row.effective_maccs),
-        _kb(row.float32_bytes),
-        _kb(row.entropy_bytes),
-        _kb(row.compressed_bytes),
-    )
-
-
-def _format_table(report: ModelReport) -> str:
-    total = report.totals()
-    body = [_row_cells(row) for row in report.layers]
-    summary = [
-        (
-            "total",
-            "",
-            "",
-            _si(total["params"]),
-            f"{100 * total['sparsity']:.1f}%",
-            "",
-            "",
-            f"({_si(total['effective_params'])} params)",
-            *(_si(total[name]) for name in ("dense_maccs", "effective_maccs")),
-            *(_kb(total[name]) for name in _MEMORY),
-        )
-    ]
-    relative = report.relative
-    if relative is not None:
-        percent = {name: f"{100 * value:.1f}%" for name, value in relative.items()}
-        summary.append(
-            (
-                "vs baseline",
-                "",
-                "",
-                percent["params"],
-                "",
-                "",
-                "",
-                f"({percent['effective_params']})",
-                *(percent[name] for name in ("dense_maccs", "effective_maccs", *_MEMORY)),
-            )
-        )
-    lines = [_HEADER, *body, *summary]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(_HEADER))]
-
-    def render(line):
-        return "  ".join(
-            cell.ljust(width) if i < 3 else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(line, widths))
-        )
-
-    rule = "-" * len(render(_HEADER))
-    footer = (
-        f"{report.note}; H = entropy of the float16 weights "
-        f"({total['entropy_bits_per_weight']:.2f} bits/weight); zip = compressed_bytes"
-    )
-    return "\n".join(
-        [render(_HEADER), rule, *map(render, body), rule, *map(render, summary), footer]
     )

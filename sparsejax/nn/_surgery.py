@@ -50,7 +50,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sparsejax.nn import _tracing as _layers
+from sparsejax import _optional
+from sparsejax.nn import _calls, _tracing, _units
 
 __all__ = ["ShrunkenLinenModel", "remove_dead_units"]
 
@@ -62,8 +63,8 @@ _OUTPUT_RTOL = 1e-4
 class _Cut:
     """How one traced layer (and its BatchNorm) is cut down."""
 
-    layer: _layers.Layer
-    plan: _layers.UnitPlan
+    layer: _tracing.Layer
+    plan: _units.UnitPlan
 
     def kernel(self) -> np.ndarray:
         kernel = self.layer.kernel[..., self.plan.live_inputs, :]
@@ -122,18 +123,19 @@ def remove_dead_units(
     >>> bool(jnp.allclose(small(x), model(x), atol=1e-5))
     True
     """
-    network = _layers.trace(model, example_input, variables)
+    _optional.require_flax("sparsejax.remove_dead_units")
+    network = _tracing.trace(model, example_input, variables)
     if not network.sequential:
         raise ValueError(
             f"model {type(model).__name__} cannot be cut: {network.chain_problem} "
             "(remove_dead_units supports chains of Dense/Conv layers)"
         )
-    cuts = [_Cut(layer, plan) for layer, plan in zip(network.layers, _layers.plan_units(network))]
-    if _layers._is_nnx_module(model):
+    cuts = [_Cut(layer, plan) for layer, plan in zip(network.layers, _units.plan_units(network))]
+    if _calls._is_nnx_module(model):
         small = _shrink_nnx(model, cuts)
         reference, candidate = _nnx_eval(model), _nnx_eval(small)
     else:
-        runner = _layers.wrap_model(model, variables)
+        runner = _calls.wrap_model(model, variables)
         # Cutting a ShrunkenLinenModel again starts from its original apply_fn: the new
         # input indices are positions in the original layers' inputs.
         apply_fn = getattr(model, "apply_fn", runner.apply_fn)

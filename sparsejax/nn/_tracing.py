@@ -1,7 +1,9 @@
-"""Finding the Dense/Conv layers of a Flax model, and the units that can be cut out of them.
+"""Tracing a Flax model into a Network record: its Dense/Conv layers in call order.
 
-Private helpers shared by :mod:`sparsejax.metrics` and :mod:`sparsejax.surgery`. Flax is
-imported lazily so that ``import sparsejax`` works without it.
+The one model-tracing record shared by metrics, surgery and SIS (the layer calls are
+intercepted by :mod:`sparsejax.nn._calls`). :class:`Network` holds the layers in call order;
+the ``graph`` attributes of :class:`Network` and :class:`Layer` are the place for a dependency
+graph (coupled unit groups derived from the jaxpr).
 
 Tracing runs the model on an example input while intercepting every call of
 ``nnx.Linear`` / ``nnx.Conv`` / ``nnx.BatchNorm`` (a context manager that temporarily wraps
@@ -21,36 +23,17 @@ LayerNorm between layers are not detected; surgery checks its outputs for that r
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import itertools
 import operator
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-Path = tuple[Any, ...]
-Hook = Callable[[str, Any, jax.Array, Callable[[jax.Array], jax.Array]], jax.Array]
-
-# Relative spread below which an input unit counts as constant over the example batch.
-_CONSTANT_RTOL = 1e-6
-
-
-def path_name(path: Path) -> str:
-    """``('blocks', 0, 'conv')`` -> ``'blocks/0/conv'``."""
-    return "/".join(str(key) for key in path)
-
-
-def _is_nnx_module(model: Any) -> bool:
-    try:
-        from flax import nnx
-    except ImportError:
-        return False
-    return isinstance(model, nnx.Module)
+from sparsejax.nn._calls import Call, Path, _check_example_input, path_name, wrap_model
 
 
 def _padding_keeps_constants(padding: Any, input_dilation: Any) -> bool:
@@ -65,197 +48,6 @@ def _padding_keeps_constants(padding: Any, input_dilation: Any) -> bool:
 
 
 @dataclasses.dataclass
-class Call:
-    """One intercepted layer call."""
-
-    kind: str  # "dense", "conv" or "norm"
-    path: Path
-    module: Any
-    input_shape: tuple[int, ...]  # before any gather of live inputs
-    output_shape: tuple[int, ...]
-    input_index: np.ndarray | None  # the layer reads x[..., input_index] (after a surgery)
-    output_dtype: Any = None
-
-
-class _NnxModel:
-    """Runs an NNX model (an evaluation-mode clone) with its layer calls intercepted."""
-
-    def __init__(self, model: Any):
-        from flax import nnx
-
-        self._nnx = nnx
-        self.model = nnx.clone(model)
-        self.model.eval()
-        modules = [
-            (tuple(path), node)
-            for path, node in nnx.iter_graph(self.model)
-            if isinstance(node, nnx.Module)
-        ]
-        self._paths = {id(node): path for path, node in modules}
-        self.kinds = ((nnx.Linear, "dense"), (nnx.Conv, "conv"), (nnx.BatchNorm, "norm"))
-        # Subclasses that define their own __call__ (a user's, or surgery's input-selecting
-        # layers) are wrapped too, so that the hook sees the input before any gather.
-        self._classes = {}
-        for _, node in modules:
-            kind = _kind_of(node, self.kinds)
-            for cls in type(node).__mro__ if kind else ():
-                if "__call__" in cls.__dict__ and issubclass(cls, nnx.Module):
-                    self._classes.setdefault(cls, kind)
-        self._classes.update({cls: kind for cls, kind in self.kinds})
-
-    def __call__(self, x: jax.Array) -> Any:
-        return self.model(x)
-
-    def path(self, module: Any) -> Path:
-        return self._paths[id(module)]
-
-    def input_index(self, module: Any) -> np.ndarray | None:
-        index = getattr(module, "input_index", None)
-        return None if index is None else np.asarray(index, np.int64)
-
-    @contextlib.contextmanager
-    def intercept(self, hook: Hook) -> Iterator[None]:
-        originals = [(cls, kind, cls.__dict__["__call__"]) for cls, kind in self._classes.items()]
-        inside: set[int] = set()  # modules whose outermost __call__ is running
-
-        def wrapped(kind: str, original: Callable) -> Callable:
-            @functools.wraps(original)
-            def __call__(module, inputs, *args, **kwargs):
-                if id(module) in inside:
-                    return original(module, inputs, *args, **kwargs)
-                inside.add(id(module))
-                try:
-                    return hook(
-                        kind, module, inputs, lambda x: original(module, x, *args, **kwargs)
-                    )
-                finally:
-                    inside.discard(id(module))
-
-            return __call__
-
-        try:
-            for cls, kind, original in originals:
-                cls.__call__ = wrapped(kind, original)
-            yield
-        finally:
-            for cls, _, original in originals:
-                cls.__call__ = original
-
-    def arrays(self, call: Call) -> dict[str, np.ndarray]:
-        names = ("kernel", "bias", "scale", "mean", "var")
-        found = {name: getattr(call.module, name, None) for name in names}
-        return {name: np.asarray(var[...]) for name, var in found.items() if var is not None}
-
-    def param_leaves(self) -> list[tuple[Path, np.ndarray]]:
-        state = self._nnx.state(self.model, self._nnx.Param)
-        leaves = jax.tree_util.tree_leaves_with_path(state)
-        return [(_key_path(path), np.asarray(leaf)) for path, leaf in leaves]
-
-
-class _LinenModel:
-    """Runs ``apply_fn(variables, x)`` with Linen layer calls intercepted."""
-
-    def __init__(self, apply_fn: Callable, variables: Any, input_indices: dict | None = None):
-        import flax.linen as nn
-
-        self._nn = nn
-        self.apply_fn = apply_fn
-        self.variables = variables
-        self._input_indices = input_indices or {}
-        self.kinds = ((nn.Dense, "dense"), (nn.Conv, "conv"), (nn.BatchNorm, "norm"))
-
-    def __call__(self, x: jax.Array) -> Any:
-        return self.apply_fn(self.variables, x)
-
-    def path(self, module: Any) -> Path:
-        return tuple(module.scope.path)
-
-    def input_index(self, module: Any) -> np.ndarray | None:
-        index = self._input_indices.get(self.path(module))
-        return None if index is None else np.asarray(index, np.int64)
-
-    @contextlib.contextmanager
-    def intercept(self, hook: Hook) -> Iterator[None]:
-        def interceptor(next_fun, args, kwargs, context):
-            kind = _kind_of(context.module, self.kinds)
-            if kind is None or context.method_name != "__call__" or not args:
-                return next_fun(*args, **kwargs)
-            inputs, *rest = args
-            return hook(kind, context.module, inputs, lambda x: next_fun(x, *rest, **kwargs))
-
-        with self._nn.intercept_methods(interceptor):
-            yield
-
-    def arrays(self, call: Call) -> dict[str, np.ndarray]:
-        found = {}
-        for collection in ("params", "batch_stats"):
-            node = self.variables.get(collection, {})
-            for key in call.path:
-                node = node.get(key, {}) if hasattr(node, "get") else {}
-            found.update({name: np.asarray(value) for name, value in dict(node).items()})
-        return found
-
-    def param_leaves(self) -> list[tuple[Path, np.ndarray]]:
-        leaves = jax.tree_util.tree_leaves_with_path(self.variables.get("params", {}))
-        return [(_key_path(path), np.asarray(leaf)) for path, leaf in leaves]
-
-
-def _kind_of(module: Any, kinds: tuple[tuple[type, str], ...]) -> str | None:
-    for cls, kind in kinds:
-        if isinstance(module, cls):
-            return kind
-    return None
-
-
-def _key_path(path: tuple[Any, ...]) -> Path:
-    keys = []
-    for key in path:
-        for attr in ("key", "idx", "name"):
-            if hasattr(key, attr):
-                keys.append(getattr(key, attr))
-                break
-    while keys and keys[-1] in ("value", "raw_value"):
-        keys.pop()
-    return tuple(keys)
-
-
-def wrap_model(model: Any, variables: Any) -> _NnxModel | _LinenModel:
-    """Validates the ``(model, variables)`` pair and returns the runner for it."""
-    if _is_nnx_module(model):
-        if variables is not None:
-            raise ValueError(
-                "variables must be None for an NNX model (its parameters live in the module), "
-                f"got {type(variables).__name__}"
-            )
-        return _NnxModel(model)
-    if hasattr(model, "input_indices") and hasattr(model, "variables"):
-        # A ShrunkenLinenModel: its layers gather their live inputs inside our hook.
-        variables = model.variables if variables is None else variables
-        return _LinenModel(model.apply, variables, model.input_indices)
-    if variables is None:
-        raise ValueError(
-            "variables is required for a Linen module or an apply function "
-            f"(model={type(model).__name__}), got None"
-        )
-    apply_fn = getattr(model, "apply", model)
-    if not callable(apply_fn):
-        raise ValueError(
-            "model must be an nnx.Module, a linen.Module or a callable apply_fn(variables, x), "
-            f"got {type(model).__name__}"
-        )
-    return _LinenModel(apply_fn, variables)
-
-
-def _check_example_input(example_input: Any) -> jax.Array:
-    if not hasattr(example_input, "shape") or np.ndim(example_input) < 1:
-        raise ValueError(
-            "example_input must be an array with a leading batch axis, "
-            f"got {type(example_input).__name__} of shape {np.shape(example_input)}"
-        )
-    return jnp.asarray(example_input)
-
-
-@dataclasses.dataclass
 class Layer:
     """A traced Dense or Conv layer, with the BatchNorm that normalises its output if any."""
 
@@ -265,10 +57,17 @@ class Layer:
     input_high: np.ndarray
     norm: Call | None = None
     norm_arrays: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    # Free slot for a per-layer dependency record (coupled unit groups from the jaxpr).
+    graph: Any = None
 
     @property
     def name(self) -> str:
         return path_name(self.call.path)
+
+    @property
+    def kernel_path(self) -> Path:
+        """The parameter path of the kernel, e.g. ``('blocks', 0, 'conv', 'kernel')``."""
+        return (*self.call.path, "kernel")
 
     @property
     def kind(self) -> str:
@@ -357,6 +156,8 @@ class Network:
     layers: list[Layer]
     params: list[tuple[Path, np.ndarray]]
     chain_problem: str | None  # None when the layers form a chain
+    # Free slot for a whole-model dependency graph (coupled unit groups from the jaxpr).
+    graph: Any = None
 
     @property
     def sequential(self) -> bool:
@@ -373,7 +174,12 @@ def trace(model: Any, example_input: Any, variables: Any = None) -> Network:
     """Traces the Dense/Conv/BatchNorm calls of a Flax model on an example batch."""
     x = _check_example_input(example_input)
     runner = wrap_model(model, variables)
-    calls, lows, highs = _observe(runner, x)
+    try:
+        calls, lows, highs = _observe(runner, x)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"the model cannot run on example_input of shape {x.shape} and dtype {x.dtype}: {err}"
+        ) from err
     layer_calls = [call for call in calls if call.kind != "norm"]
     if not layer_calls:
         raise ValueError(
@@ -533,103 +339,3 @@ def _inner_jaxpr(eqn: Any) -> Any:
         ):
             return inner
     return None
-
-
-@dataclasses.dataclass
-class UnitPlan:
-    """Which units of one layer survive, and how the removed constant inputs are compensated.
-
-    ``input_index`` gathers the live inputs from the smaller network's input to this layer
-    (None when every input that reaches the layer is live).
-    """
-
-    live_inputs: np.ndarray
-    kept_outputs: np.ndarray
-    bias_shift: np.ndarray  # per output unit, from the folded constant inputs
-    input_index: np.ndarray | None
-
-
-def plan_units(network: Network) -> list[UnitPlan]:
-    """Dead units of every layer: propagated along the chain, or per layer otherwise."""
-    if not network.sequential:
-        return [_per_layer_plan(layer) for layer in network.layers]
-    return _chain_plan(network.layers)
-
-
-def _per_layer_plan(layer: Layer) -> UnitPlan:
-    connections = layer.connections
-    zeros = np.zeros(layer.num_outputs)
-    return UnitPlan(connections.any(axis=1), connections.any(axis=0), zeros, None)
-
-
-def _producers(layers: list[Layer], index: int) -> np.ndarray:
-    """For each kernel row of layer ``index``, the output unit of the previous layer feeding
-    it; a flatten maps NHWC position ``i`` to channel ``i % channels``."""
-    return layers[index].sources % layers[index - 1].num_outputs
-
-
-def _foldable(producer: Layer, consumer: Layer, producers: np.ndarray) -> np.ndarray:
-    """Per output unit of ``producer``: can it be removed when constant, its value folded into
-    ``consumer``'s bias?"""
-    low, high = consumer.input_low[consumer.sources], consumer.input_high[consumer.sources]
-    constant = (high - low) <= _CONSTANT_RTOL * (1.0 + np.abs(low))
-    zero = (low == 0) & (high == 0)
-    absorbable = consumer.bias is not None and consumer.folds_constants
-    ok = constant & (zero | absorbable)
-    failures = np.bincount(producers, weights=~ok, minlength=producer.num_outputs)
-    return failures == 0
-
-
-def _chain_plan(layers: list[Layer]) -> list[UnitPlan]:
-    count = len(layers)
-    connections = [layer.connections for layer in layers]
-    producers = [None] + [_producers(layers, k) for k in range(1, count)]
-    foldable = [_foldable(layers[k], layers[k + 1], producers[k + 1]) for k in range(count - 1)]
-    kept = [np.ones(layer.num_outputs, bool) for layer in layers]
-    constant = [np.zeros(layer.num_outputs, bool) for layer in layers]
-    while True:  # the kept sets only shrink, so this ends
-        row_live = [(c & k[None, :]).any(axis=1) for c, k in zip(connections, kept)]
-        live = [row_live[0]] + [row_live[k] & kept[k - 1][producers[k]] for k in range(1, count)]
-        new_kept = []
-        for k in range(count - 1):
-            varying = (connections[k] & live[k][:, None]).any(axis=0)
-            constant[k] = ~varying & foldable[k]
-            consumed = np.bincount(
-                producers[k + 1], weights=row_live[k + 1], minlength=len(kept[k])
-            )
-            new_kept.append(~constant[k] & (consumed > 0))
-        new_kept.append(kept[-1])  # the network's outputs stay
-        if all(np.array_equal(a, b) for a, b in zip(new_kept, kept)):
-            break
-        kept = new_kept
-    return _assemble(layers, producers, live, kept, constant)
-
-
-def _assemble(layers, producers, live, kept, constant) -> list[UnitPlan]:
-    plans = []
-    for k, layer in enumerate(layers):
-        shift = np.zeros(layer.num_outputs)
-        if k > 0:
-            folded = constant[k - 1][producers[k]]
-            weights = layer.kernel.astype(np.float64).sum(axis=tuple(range(layer.kernel.ndim - 2)))
-            values = np.where(folded, layer.input_low[layer.sources], 0.0)
-            shift = values @ np.where(folded[:, None], weights, 0.0)
-        plans.append(
-            UnitPlan(live[k], kept[k], shift, _input_index(layers, k, live, kept, producers))
-        )
-    return plans
-
-
-def _input_index(layers, k, live, kept, producers) -> np.ndarray | None:
-    """Positions of layer k's live rows in the smaller network's input to layer k, or None
-    when they are that whole input in order (no gather needed)."""
-    sources = layers[k].sources
-    if k == 0:
-        slim_width, slim_position = layers[0].source_width, sources
-    else:
-        channels, kept_channels = layers[k - 1].num_outputs, int(kept[k - 1].sum())
-        slim_width = layers[k].source_width // channels * kept_channels
-        rank = np.cumsum(kept[k - 1]) - 1
-        slim_position = sources // channels * kept_channels + rank[producers[k]]
-    index = slim_position[live[k]]
-    return None if np.array_equal(index, np.arange(slim_width)) else index

@@ -1,4 +1,5 @@
-"""Figures in the style of seed 000, written to files (PNG, or any format matplotlib knows).
+"""Figures in the style of Guyard & Barlaud (2020), written to files (PNG, or any format
+matplotlib knows).
 
 Every function takes plain data (mappings of arrays or numbers, or :class:`ModelReport`
 objects), writes one figure and returns its path. matplotlib is imported lazily and only its
@@ -6,10 +7,11 @@ object-oriented API is used (``matplotlib.figure.Figure``, rendered by Agg), so 
 backend and pyplot state of the caller are left alone.
 
 * :func:`plot_weight_distributions`: density of the weight values of one layer, one curve per
-  method (seed 000 Fig. 1: Gaussian shape for Adam, Laplacian for the projections);
+  method (Guyard & Barlaud (2020) Fig. 1: Gaussian shape for Adam, Laplacian for the projections);
 * :func:`plot_layer_density`: fraction of nonzero weights per layer, one bar per method (the
-  per-layer view of seed 000 Fig. 6);
-* :func:`plot_kernel_patterns`: the sparsity pattern of kernels as images (seed 000 Fig. 2);
+  per-layer view of Guyard & Barlaud (2020) Fig. 6);
+* :func:`plot_kernel_patterns`: the sparsity pattern of kernels as images
+  (Guyard & Barlaud (2020) Fig. 2);
 * :func:`plot_against_eta`: accuracy and MACCs against the radius ``eta`` (Figs. 3-5, 7);
 * :func:`plot_accuracy_vs_maccs`: accuracy against MACCs, with reference points (e.g. the
   paper's table rows) drawn beside the measured ones.
@@ -31,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from sparsejax import _optional
+
 __all__ = [
     "plot_accuracy_vs_maccs",
     "plot_against_eta",
@@ -44,9 +48,8 @@ _KDE_SAMPLES = 20_000
 
 
 def _figure(rows: int = 1, cols: int = 1, *, size: tuple[float, float] = (6.4, 4.2)):
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=size, layout="constrained")
+    matplotlib_figure = _optional.require("matplotlib.figure", "sparsejax.plots", "plots")
+    figure = matplotlib_figure.Figure(figsize=size, layout="constrained")
     axes = figure.subplots(rows, cols, squeeze=False)
     return figure, axes
 
@@ -86,7 +89,8 @@ def plot_weight_distributions(
     exclude_zeros: bool = True,
     title: str | None = None,
 ) -> pathlib.Path:
-    """Density of the weight values of one layer under several methods (seed 000 Fig. 1).
+    """Density of the weight values of one layer under several methods
+    (Guyard & Barlaud (2020) Fig. 1).
 
     A Parzen estimate with a Gaussian kernel and Silverman's bandwidth
     :math:`h = 0.9 \\min(\\sigma, \\mathrm{IQR}/1.34)\\, n^{-1/5}`.
@@ -185,7 +189,7 @@ def plot_kernel_patterns(
     binary: bool = False,
     title: str | None = None,
 ) -> pathlib.Path:
-    """Kernels as images, zeros in white (seed 000 Fig. 2).
+    """Kernels as images, zeros in white (Guyard & Barlaud (2020) Fig. 2).
 
     Rows are input units (a zero row is a removed input neuron or channel), columns output
     units; conv kernels are drawn as a mosaic of their ``kh x kw`` slices.
@@ -235,7 +239,8 @@ def plot_against_eta(
     baseline: Mapping[str, float] | None = None,
     title: str | None = None,
 ) -> pathlib.Path:
-    """Accuracy (top) and MACCs (bottom) against the radius ``eta`` (seed 000 Figs. 3-5, 7).
+    """Accuracy (top) and MACCs (bottom) against the radius ``eta``
+    (Guyard & Barlaud (2020) Figs. 3-5, 7).
 
     Args:
       curves: ``{method: {"eta": [...], "accuracy": [...], "maccs": [...]}}``.
@@ -280,7 +285,7 @@ def plot_accuracy_vs_maccs(
       points: ``{method: {"maccs": [...], "accuracy": [...]}}`` (MACCs in any unit, e.g.
         percent of the dense model; the axis is labelled "MACCs").
       path: the file to write.
-      reference: the same layout for published figures (e.g. seed 000 Table IV).
+      reference: the same layout for published figures (e.g. Guyard & Barlaud (2020) Table IV).
       title: the figure title.
 
     Returns:

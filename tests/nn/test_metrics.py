@@ -16,6 +16,7 @@ import scipy.stats
 from flax import nnx
 
 import sparsejax
+from sparsejax.nn import _memory as memory
 from sparsejax.nn import _metrics as metrics
 
 
@@ -27,7 +28,7 @@ def _relu_mlp(widths, seed=0):
 
 
 class Net4(nnx.Module):
-    """seed 000's Net4, written here independently of experiments/."""
+    """Guyard & Barlaud's Net4, written here independently of experiments/."""
 
     def __init__(self, rngs):
         self.conv1 = nnx.Conv(1, 10, (5, 5), padding="VALID", rngs=rngs)
@@ -84,10 +85,10 @@ def net4_report(net4):
 
 def test_dense_maccs_match_the_papers_published_figures(net4_report):
     net4 = net4_report
-    assert net4.dense_maccs == 480_500  # seed 000: Net4 480.5k
+    assert net4.dense_maccs == 480_500  # Guyard & Barlaud (2020): Net4 480.5k
     assert [row.dense_maccs for row in net4.layers] == [144_000, 320_000, 16_000, 500]
     lenet = metrics.model_report(_relu_mlp((784, 300, 100, 10)), jnp.ones((2, 784)))
-    assert lenet.dense_maccs == 266_200  # seed 000: LeNet-300-100 266.2k
+    assert lenet.dense_maccs == 266_200  # Guyard & Barlaud (2020): LeNet-300-100 266.2k
     assert lenet.params == 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
 
 
@@ -236,7 +237,8 @@ def test_residual_network_falls_back_to_per_layer_counts():
     assert not report.sequential
     assert "not sequential" in report.note and "input of out" in report.note
     fc2 = report.layers[1]
-    assert fc2.effective_maccs == (6 - 2) * (6 - 1)  # seed 000's (in - zero_in)*(out - zero_out)
+    # Guyard & Barlaud's (in - zero_in)*(out - zero_out)
+    assert fc2.effective_maccs == (6 - 2) * (6 - 1)
     assert report.layers[0].effective_maccs == 36
 
 
@@ -265,8 +267,8 @@ def test_entropy_matches_scipy_on_float16_symbols_and_ignores_the_sign_of_zero()
 def test_compressed_encoding_decodes_back_to_the_float16_weights():
     rng = np.random.default_rng(1)
     weights = (rng.standard_normal((40, 30)) * (rng.random((40, 30)) < 0.2)).astype(np.float32)
-    payload = zlib.decompress(metrics._encode(weights))
-    assert metrics.compressed_bytes(weights) == len(metrics._encode(weights))
+    payload = zlib.decompress(memory._encode(weights))
+    assert metrics.compressed_bytes(weights) == len(memory._encode(weights))
     mask_bytes = (weights.size + 7) // 8
     support = np.unpackbits(np.frombuffer(payload[:mask_bytes], np.uint8))[: weights.size]
     planes = np.frombuffer(payload[mask_bytes:], np.uint8).reshape(2, -1)
@@ -339,6 +341,10 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
         metrics.model_report(nnx.Sequential(nnx.relu), jnp.ones((1, 4)))
     with pytest.raises(ValueError, match="model"):
         metrics.model_report(42, jnp.ones((1, 4)), {"params": {}})
+    with pytest.raises(ValueError, match=r"example_input must hold at least one.*\(0, 4\)"):
+        metrics.model_report(model, jnp.ones((0, 4)))
+    with pytest.raises(ValueError, match=r"example_input of shape \(2, 7\)"):
+        metrics.model_report(model, jnp.ones((2, 7)))
 
 
 def test_public_names_are_exported():

@@ -46,7 +46,7 @@ def test_every_plot_writes_a_png(tmp_path):
         plots.plot_accuracy_vs_maccs(
             {"PGL11 (ours)": {"maccs": [6.5, 12.9, 28.0], "accuracy": [66.8, 77.0, 82.9]}},
             tmp_path / "acc.png",
-            reference={"seed 000": {"maccs": [11.2], "accuracy": [87.5]}},
+            reference={"Guyard & Barlaud (2020)": {"maccs": [11.2], "accuracy": [87.5]}},
         ),
     ]
     for path in written:

@@ -232,3 +232,11 @@ def test_non_chain_and_unit_mixing_models_are_refused():
         surgery.remove_dead_units(model, x)
     small = surgery.remove_dead_units(model, x, check_outputs=False)
     assert small.fc1.kernel.shape == (4, 4)
+
+
+def test_empty_or_misshapen_example_input_is_a_value_error():
+    model = nnx.Sequential(nnx.Linear(4, 3, rngs=nnx.Rngs(0)), nnx.relu)
+    with pytest.raises(ValueError, match=r"example_input must hold at least one.*\(0, 4\)"):
+        surgery.remove_dead_units(model, jnp.ones((0, 4)))
+    with pytest.raises(ValueError, match=r"example_input of shape \(2, 7\)"):
+        surgery.remove_dead_units(model, jnp.ones((2, 7)))

@@ -1,0 +1,168 @@
+"""Structured constraints on coupled groups, against a NumPy reference of the concatenation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from sparsejax.nn import coupled_groups
+from sparsejax.transforms._coupled import (
+    coupled_rows,
+    project_coupled,
+    project_coupled_tree,
+    prox_coupled_tree,
+)
+
+
+class _Residual(nnx.Module):
+    def __init__(self, rngs):
+        self.a = nnx.Linear(3, 4, rngs=rngs)
+        self.b = nnx.Linear(4, 5, rngs=rngs)
+        self.b2 = nnx.Linear(5, 4, rngs=rngs)
+        self.c = nnx.Linear(4, 2, rngs=rngs)
+
+    def __call__(self, x):
+        h = self.a(x)
+        return self.c(h + self.b2(jax.nn.relu(self.b(h))))
+
+
+def _setup():
+    model = _Residual(nnx.Rngs(1))
+    groups = coupled_groups(model, jnp.ones((1, 3)))
+    params = nnx.state(model, nnx.Param)
+    return params, groups
+
+
+def _numpy_groups(params, groups):
+    """Each removable group's weights, gathered independently of the library (no padding)."""
+    leaves = {
+        "/".join(
+            str(getattr(k, "key", getattr(k, "name", k)))
+            for k in path[:-1]
+            if not (hasattr(k, "name") and k.name == "value")
+        ): np.asarray(x)
+        for path, x in jax.tree_util.tree_flatten_with_path(params)[0]
+    }
+    out = []
+    for g in groups:
+        if not g.removable:
+            continue
+        mark = {p: np.zeros(v.shape, bool) for p, v in leaves.items()}
+        for m in g.members:
+            if not m.reads:
+                continue
+            sl = [slice(None)] * mark[m.path].ndim
+            sl[m.axis] = list(m.indices)
+            mark[m.path][tuple(sl)] = True
+        if any(v.any() for v in mark.values()):
+            out.append({p: mark[p] for p in leaves if mark[p].any()})
+    return leaves, out
+
+
+def _reference_l21(vectors, radius):
+    norms = np.array([np.linalg.norm(v) for v in vectors])
+    if norms.sum() <= radius:
+        return [v.copy() for v in vectors]
+    lo, hi = 0.0, norms.max()
+    for _ in range(200):  # bisection on the l1 threshold of the group norms
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if np.maximum(norms - mid, 0).sum() > radius else (lo, mid)
+    t = np.maximum(norms - hi, 0)
+    return [v * (ti / n if n > 0 else 0) for v, ti, n in zip(vectors, t, norms, strict=True)]
+
+
+def test_l21_on_coupled_groups_matches_numpy_reference():
+    params, groups = _setup()
+    leaves, marks = _numpy_groups(params, groups)
+    radius = 1.5
+    vectors = [np.concatenate([leaves[p][m] for p, m in mk.items()]) for mk in marks]
+    expected = _reference_l21(vectors, radius)
+    got = project_coupled_tree(params, radius, groups, ball="l21")
+    got_leaves, _ = _numpy_groups(got, groups)
+    for mk, e in zip(marks, expected, strict=True):
+        np.testing.assert_allclose(
+            np.concatenate([got_leaves[p][m] for p, m in mk.items()]), e, atol=1e-5
+        )
+    total = sum(
+        np.linalg.norm(np.concatenate([got_leaves[p][m] for p, m in mk.items()])) for mk in marks
+    )
+    assert total == pytest.approx(radius, rel=1e-4)
+    # weights that read no removable unit (biases, the first layer's input rows) are unchanged
+    for name in ("a/kernel", "a/bias", "b/bias", "b2/bias", "c/bias"):
+        np.testing.assert_array_equal(got_leaves[name], leaves[name])
+    # a zero group is zero in EVERY layer it spans: removable by construction
+    zero = [mk for mk, e in zip(marks, expected, strict=True) if not np.any(e)]
+    assert zero
+    for mk in zero:
+        for p, m in mk.items():
+            assert not np.any(got_leaves[p][m])
+
+
+@pytest.mark.parametrize("ball", ["l11", "l1inf", "bilevel_l1inf"])
+def test_other_balls_feasible_and_zero_rows_removable(ball):
+    params, groups = _setup()
+    radius = 0.8
+    got = project_coupled_tree(params, radius, groups, ball=ball)
+    rows = np.asarray(coupled_rows(got, groups))
+    before = np.abs(np.asarray(coupled_rows(params, groups)))
+    if ball == "l11":
+        assert before.sum() > radius
+        assert np.abs(rows).sum() <= radius * (1 + 1e-4)
+    else:
+        assert before.max(axis=1).sum() > radius
+        assert np.abs(rows).max(axis=1).sum() <= radius * (1 + 1e-4)
+    # idempotent
+    again = np.asarray(coupled_rows(project_coupled_tree(got, radius, groups, ball=ball), groups))
+    np.testing.assert_allclose(again, rows, atol=1e-5)
+
+
+def test_l1inf_matches_row_projection_of_concatenation():
+    params, groups = _setup()
+    rows = np.asarray(coupled_rows(params, groups))
+    from sparsejax.projections import l1inf_ball
+
+    got = np.asarray(coupled_rows(project_coupled_tree(params, 0.5, groups, ball="l1inf"), groups))
+    np.testing.assert_allclose(got, np.asarray(l1inf_ball(jnp.asarray(rows), 0.5)), atol=1e-6)
+
+
+def test_transformation_jits_and_validates():
+    params, groups = _setup()
+    tx = optax.chain(optax.sgd(0.1), project_coupled(1.0, groups))
+    state = tx.init(params)
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    step = jax.jit(lambda p, s: tx.update(grads, s, p))
+    updates, state = step(params, state)
+    new = optax.apply_updates(params, updates)
+    rows = np.asarray(coupled_rows(new, groups))
+    assert np.linalg.norm(rows, axis=1).sum() <= 1.0 + 1e-4
+    with pytest.raises(ValueError, match="ball="):
+        project_coupled(1.0, groups, ball="l2")
+    with pytest.raises(ValueError, match="radius="):
+        project_coupled(-1.0, groups)
+    with pytest.raises(ValueError, match="overlap"):
+        project_coupled(1.0, groups, side="all").init(params)
+    with pytest.raises(ValueError, match="side="):
+        project_coupled(1.0, groups, side="outputs")
+
+
+@pytest.mark.parametrize("penalty", ["l1", "l0", "rate"])
+def test_group_prox_on_coupled_groups_matches_numpy(penalty):
+    params, groups = _setup()
+    rows = np.asarray(coupled_rows(params, groups))
+    norms = np.linalg.norm(rows, axis=1)
+    lam, step = (0.25, 1.0) if penalty == "rate" else (float(np.median(norms)) * 0.9, 1.0)
+    if penalty == "l1":
+        expected = rows * np.maximum(1 - lam * step / norms, 0)[:, None]
+    elif penalty == "l0":
+        expected = rows * (norms**2 > 2 * lam * step)[:, None]
+    else:
+        n_zero = int(np.round(lam * len(norms)))
+        expected = rows.copy()
+        expected[np.argsort(norms, kind="stable")[:n_zero]] = 0
+    got = prox_coupled_tree(params, lam, groups, penalty=penalty, step=step)
+    np.testing.assert_allclose(np.asarray(coupled_rows(got, groups)), expected, atol=1e-6)
+    assert np.any(np.all(expected == 0, axis=1))  # the case zeroes at least one whole group
+    with pytest.raises(ValueError, match="penalty="):
+        prox_coupled_tree(params, lam, groups, penalty="l2")
