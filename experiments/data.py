@@ -83,8 +83,16 @@ def load_idx(path: str | os.PathLike) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise ValueError(f"path={str(path)!r} is not an IDX file")
     ndim = raw[3]
-    shape = tuple(int(d) for d in np.frombuffer(raw, ">i4", count=ndim, offset=4))
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    if len(raw) < 4 + 4 * ndim:
+        raise ValueError(f"path={str(path)!r} is truncated: its IDX header is incomplete")
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">i4", count=ndim, offset=4))
+    expected = 4 + 4 * ndim + int(np.prod(shape)) * dtype.itemsize
+    if len(raw) < expected:
+        raise ValueError(
+            f"path={str(path)!r} is truncated: shape {shape} needs {expected} bytes, "
+            f"the file has {len(raw)}"
+        )
     data = np.frombuffer(raw, dtype, count=int(np.prod(shape)), offset=4 + 4 * ndim)
     return data.reshape(shape)
 
@@ -119,8 +127,20 @@ def _load_from_idx(name: str, split: str, directory: str | None) -> ArrayDataset
             f"data_dir={directory!r} has no {_IDX_PREFIX[split]}-images-idx3-ubyte[.gz] and "
             f"{_IDX_PREFIX[split]}-labels-idx1-ubyte[.gz] for dataset {name!r}"
         )
-    images = _to_float_images(load_idx(paths[0]), 255.0)
-    labels = load_idx(paths[1]).astype(np.int32)
+    raw_images, raw_labels = load_idx(paths[0]), load_idx(paths[1])
+    if len(raw_images) != len(raw_labels):
+        raise ValueError(
+            f"{paths[0]!r} has {len(raw_images)} images but {paths[1]!r} has "
+            f"{len(raw_labels)} labels"
+        )
+    classes = DATASETS[name][1]
+    if raw_labels.size and (raw_labels.min() < 0 or raw_labels.max() >= classes):
+        raise ValueError(
+            f"{paths[1]!r} has labels in [{raw_labels.min()}, {raw_labels.max()}], "
+            f"outside [0, {classes - 1}] for dataset {name!r}"
+        )
+    images = _to_float_images(raw_images, 255.0)
+    labels = raw_labels.astype(np.int32)
     return ArrayDataset(images, labels, DATASETS[name][1], f"idx:{os.path.dirname(paths[0])}")
 
 

@@ -7,7 +7,8 @@ the shared first phase of the schedules that start from a dense network.
 
 Projection schedules (``pgl1``, ``pgl21``, ``pgl11``, ``pgl1inf``, ``pgl1inf_bilevel``):
 
-* ``alg4`` — seed 000's Algorithm 4, what the paper used: dense Adam training, one projection,
+* ``alg4`` — Guyard & Barlaud's Algorithm 4, what the paper used: dense Adam training, one
+projection,
   rewind the surviving weights to their initial values, masked retraining.
 * ``alg4_norewind`` — the same, retraining from the projected weights.
 * ``alg1`` — Algorithm 1: Adam with a projection after every step from the initial weights,
@@ -15,9 +16,10 @@ Projection schedules (``pgl1``, ``pgl21``, ``pgl11``, ``pgl1inf``, ``pgl1inf_bil
 * ``dense_alg1`` — dense Adam training, then Algorithm 1 from the trained weights, then masked
   fine-tuning (three phases; the projected phase takes ``epochs`` epochs too).
 
-Other methods: ``prox_rmsprop`` (seed 003), ``xrda`` (seed 002), ``magnitude`` (global
+Other methods: ``prox_rmsprop`` (Formanek & Hadházi), ``xrda`` (Siegel et al.), ``magnitude``
+(global
 magnitude pruning of the dense network at a given sparsity, then masked fine-tuning) and
-``sis`` (seed 004, post-training).
+``sis`` (Verma & Pesquet (2021), post-training).
 """
 
 from __future__ import annotations
@@ -241,7 +243,8 @@ class Experiment:
         return self._done.get(f"dense-e{s.epochs}-{self._dense_tag}")
 
     def _retrain_label(self) -> str:
-        """How the masked retraining differs from seed 000's (same epochs, constant rate)."""
+        """How the masked retraining differs from Guyard & Barlaud's (same epochs, constant
+        rate)."""
         s = self.settings
         parts = [f"retrain={s.retrain_epochs}"] if s.retrain_epochs != s.epochs else []
         parts += ["cosine"] if s.retrain_lr == "cosine" else []
@@ -329,7 +332,8 @@ class Experiment:
         )
 
     def prox_rmsprop(self) -> MethodResult:
-        """Proximal RMSProp with a group L0 penalty (seed 003), then masked fine-tuning."""
+        """Proximal RMSProp with a group L0 penalty (Formanek & Hadházi), then masked
+        fine-tuning."""
         s = self.settings
         every = s.prox_every or self.steps_per_epoch
         strength = {"rate": s.prox_rate} if s.prox_rate is not None else {"lam": s.prox_lam}
@@ -348,7 +352,7 @@ class Experiment:
         return MethodResult("prox_rmsprop", label, final.params, final.rest, phases, settings)
 
     def xrda(self) -> MethodResult:
-        """xRDA with adaptive l1 weights (seed 002), then masked fine-tuning."""
+        """xRDA with adaptive l1 weights (Siegel et al.), then masked fine-tuning."""
         s = self.settings
         total = s.epochs * self.steps_per_epoch
         make_tx = lambda _: sparsejax.xrda(total, s.xrda_lr, s.xrda_lam, where=s.layers)
@@ -363,7 +367,8 @@ class Experiment:
         return MethodResult("xrda", label, final.params, final.rest, phases, settings)
 
     def sis(self, sparsity: float) -> MethodResult:
-        """SIS (seed 004, reconstructed) on the dense network: post-training, no retraining."""
+        """SIS (Verma & Pesquet, reconstructed) on the dense network: post-training, no
+        retraining."""
         s = self.settings
         dense = self.dense()
         model = training.merge_model(self.split.eval_graph, dense.params, dense.rest)

@@ -14,13 +14,13 @@ name               layers                                                  dense
 ``net4``           conv 1->10 5x5, pool, conv 10->20 5x5, pool, 320-50-10  480.5k       21.8k
 ``lenet300_100``   784-300-100-10                                          266.2k       266.6k
 ``lfc4``           784-1000-1000-512-128-10 (paper: 2379k MACCs, -0.7%)    2362.8k      2.37M
-``simplenet``      13 conv/BN/ReLU blocks (SimpleNet v1, seed 000)         631.5M       5.50M
-``vgg16``          VGG-16 with BN, one linear classifier (seed 002)        313.2M       14.73M
-``vgg19``          VGG-19 with BN, one linear classifier (seed 002)        398.1M       20.04M
-``resnet18``       wide ResNet-18, 64-128-256-512 (seed 002)               555.4M       11.17M
-``resnet56``       ResNet-56, 16-32-64, zero-padding shortcuts (seed 002)  125.5M       853.0k
+``simplenet``      13 conv/BN/ReLU blocks (SimpleNet v1, Guyard & Barlaud) 631.5M       5.50M
+``vgg16``          VGG-16 with BN, one linear classifier (Siegel et al.)   313.2M       14.73M
+``vgg19``          VGG-19 with BN, one linear classifier (Siegel et al.)   398.1M       20.04M
+``resnet18``       wide ResNet-18, 64-128-256-512 (Siegel et al.)          555.4M       11.17M
+``resnet56``       ResNet-56, 16-32-64, zero-pad shortcuts (Siegel et al.) 125.5M       853.0k
 ``vgg_l0``         C64 M C128 M C256 C256 M C512 C512 M C512 C512 M        152.8M       9.24M
-                   FC32 FC10 (seed 003's VGG variant)
+                   FC32 FC10 (Formanek & Hadházi's VGG variant)
 =================  ======================================================  ===========  =========
 
 MACCs and parameter counts are for 28x28x1 inputs (first three) and 32x32x3 inputs with
@@ -62,7 +62,7 @@ __all__ = [
 
 LFC4_WIDTHS = (1000, 1000, 512, 128)
 """Hidden widths of LFC4: 784-1000-1000-512-128-10 has 2,362,816 dense MACCs, 0.7% under the
-2379k that seed 000 reports (the paper does not give the widths)."""
+2379k that Guyard & Barlaud (2020) reports (the paper does not give the widths)."""
 
 MODEL_NAMES = (
     "net4",
@@ -158,7 +158,7 @@ class MLP(nnx.Module):
 
 
 class Net4(nnx.Module):
-    """seed 000's Net4 (PyTorch's classic MNIST net): 2 valid 5x5 convs with 2x2 max pools,
+    """Guyard & Barlaud's Net4 (PyTorch's classic MNIST net): 2 valid 5x5 convs with 2x2 max pools,
     then ``320 -> 50 -> classes`` (for 28x28 inputs). Layers ``conv1, conv2, fc1, fc2``."""
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, *, rngs: nnx.Rngs):
@@ -218,7 +218,8 @@ _SIMPLENET_BLOCKS = (
 
 
 class SimpleNet(nnx.Module):
-    """SimpleNet v1 (Hasanpour et al.; github.com/Coderx7/SimpleNet_Pytorch) as seed 000 uses it:
+    """SimpleNet v1 (Hasanpour et al.; github.com/Coderx7/SimpleNet_Pytorch) as Guyard & Barlaud
+    uses it:
     13 conv/BN/ReLU blocks, max pool + channel dropout (0.1) after blocks 4, 7, 9, 10, 12 and a
     global max pool after block 13, then one linear classifier. Paths ``blocks/i/conv/kernel``,
     ``classifier/kernel``."""
@@ -437,7 +438,8 @@ def create_model(
 
 def default_constrained_layers(name: str) -> str:
     """Regex (searched in ``'/'``-joined parameter paths) of the kernels a sparsity constraint
-    acts on by default: seed 000's choice for Net4 (``conv2`` and ``fc1``: the first and last
+    acts on by default: Guyard & Barlaud's choice for Net4 (``conv2`` and ``fc1``: the first and
+    last
     layers are the most sensitive), every kernel but the first and the classifier for the conv
     nets, and every kernel but the last for the fully connected nets."""
     if name == "net4":

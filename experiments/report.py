@@ -2,9 +2,10 @@
 the comparison table the CLI prints.
 
 Memory is given three ways: ``float32`` — 4 bytes per parameter of the network that surgery
-leaves once dead units are removed (``effective_params``); ``entropy`` — seed 000's estimate
+leaves once dead units are removed (``effective_params``); ``entropy`` — Guyard & Barlaud's estimate
 (entropy of the float16-quantised weights times their number); ``zlib`` — the real size of
-sparsejax's compressed encoding. Ratios (``%``) are relative to the dense baseline, as seed 000
+sparsejax's compressed encoding. Ratios (``%``) are relative to the dense baseline, as Guyard &
+Barlaud
 normalises by Adam.
 """
 

@@ -1,4 +1,4 @@
-"""SIS (seed 004, reconstructed) against one-shot magnitude pruning, without fine-tuning.
+"""SIS (Verma & Pesquet, reconstructed) against one-shot magnitude pruning, without fine-tuning.
 
 Trains the dense model once (Adam; the checkpoint is cached under ``--workdir``), then for each
 target sparsity sparsifies every Dense layer to that fraction of zeros two ways — SIS from a few

@@ -1,10 +1,11 @@
-"""Markdown rows and an accuracy-vs-MACCs plot from result.json files, beside seed 000's tables.
+"""Markdown rows and an accuracy-vs-MACCs plot from result.json files, beside Guyard & Barlaud's
+tables.
 
     python -m experiments.summarize experiments/results/lfc4_fmnist_*.json \\
         --paper IV --plot experiments/results/lfc4_fmnist.png
 
 Each result's rows are printed as a Markdown table (figures normalised by the run's dense Adam
-baseline, as seed 000 normalises) with the command that produced them; ``--paper`` adds the
+baseline, as Guyard & Barlaud normalises) with the command that produced them; ``--paper`` adds the
 paper's rows, normalised by the paper's own Adam row.
 """
 
@@ -14,7 +15,7 @@ import argparse
 import json
 from collections.abc import Sequence
 
-# seed 000's tables: (method, memory kB, kMACCs, accuracy %); the first row is Adam.
+# Guyard & Barlaud's tables: (method, memory kB, kMACCs, accuracy %); the first row is Adam.
 PAPER_TABLES = {
     "I": ("Net4 / MNIST", [
         ("Adam", 33.64, 480, 99.0),
@@ -45,7 +46,7 @@ PAPER_TABLES = {
 
 
 def paper_rows(table: str) -> list[dict]:
-    """seed 000's rows of ``table`` with MACCs and memory as % of its Adam row."""
+    """Guyard & Barlaud's rows of ``table`` with MACCs and memory as % of its Adam row."""
     _, rows = PAPER_TABLES[table]
     _, memory0, maccs0, _ = rows[0]
     return [
@@ -88,7 +89,7 @@ def markdown(rows: Sequence[dict]) -> str:
     header = "| method | acc % | kMACCs | MACCs % | entropy kB | memory % | zlib % | source |"
     lines = [header, "|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        source = f"`{row['file']}`" if "file" in row else "seed 000"
+        source = f"`{row['file']}`" if "file" in row else "Guyard & Barlaud"
         cells = [
             row["method"],
             row["accuracy"],
@@ -133,7 +134,7 @@ def plot(rows: Sequence[dict], reference: Sequence[dict], path: str, title: str)
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", nargs="+", help="result.json files")
-    parser.add_argument("--paper", choices=tuple(PAPER_TABLES), help="add seed 000's table")
+    parser.add_argument("--paper", choices=tuple(PAPER_TABLES), help="add Guyard & Barlaud's table")
     parser.add_argument("--plot", help="write the accuracy-vs-MACCs plot (MACCs in %% of dense)")
     args = parser.parse_args(argv)
     rows, seen = [], set()

@@ -45,7 +45,8 @@ DEFAULT_MODEL = {
     "cifar10": "simplenet",
     "cifar100": "vgg19",
 }
-# Default radii: seed 000's operating points (Tables I-V); on the 8x8 digits, 60 (calibrated:
+# Default radii: Guyard & Barlaud's operating points (Tables I-V); on the 8x8 digits, 60
+# (calibrated:
 # LeNet-300-100 keeps 96% accuracy at under 10% of the dense MACCs).
 DEFAULT_ETA = {"lenet300_100": 400.0, "lfc4": 400.0, "net4": 40.0, "simplenet": 14000.0}
 DIGITS_ETA = 60.0
@@ -76,6 +77,21 @@ def _fraction(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text!r}")
     return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0.0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {text!r}")
+    return value
+
+
+def _group_axis(text: str) -> str:
+    """Accepts the library's spelling (input/output) and the CLI's (inputs/outputs)."""
+    spellings = {"input": "inputs", "inputs": "inputs", "output": "outputs", "outputs": "outputs"}
+    if text not in spellings:
+        raise argparse.ArgumentTypeError(f"expected input|inputs|output|outputs, got {text!r}")
+    return spellings[text]
 
 
 def _positive(text: str) -> int:
@@ -135,8 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="dense_alg1",
         choices=methods_lib.SCHEDULES,
         help="how the pgl* methods train: dense_alg1 = dense Adam, Adam + projection every step, "
-        "masked retraining (our default); alg4 = seed 000's one projection + rewind + masked "
-        "retraining; alg4_norewind; alg1 = projected training from the start",
+        "masked retraining (our default); alg4 = Guyard & Barlaud's one projection + rewind + "
+        "masked retraining; alg4_norewind; alg1 = projected training from the start",
     )
     how.add_argument(
         "--eta",
@@ -149,8 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument(
         "--group-axis",
         default="inputs",
-        choices=("inputs", "outputs"),
-        help="structured groups: input units/channels (seed 000) or output units/filters",
+        type=_group_axis,
+        help="structured groups: input|inputs (input units/channels, Guyard & Barlaud) or "
+        "output|outputs (output units/filters)",
     )
     how.add_argument(
         "--sparsity",
@@ -160,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     train = parser.add_argument_group("training")
-    train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    train.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate")
     train.add_argument("--batch-size", type=_positive, help="default 256 (digits 64)")
     train.add_argument(
         "--epochs",
@@ -185,7 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed")
 
-    other = parser.add_argument_group("prox_rmsprop (seed 003), xrda (seed 002), sis (seed 004)")
+    other = parser.add_argument_group(
+        "prox_rmsprop (Formanek & Hadházi), xrda (Siegel et al.), sis (Verma & Pesquet)"
+    )
     other.add_argument("--prox-lam", type=float, default=1e-4, help="L0 penalty weight")
     other.add_argument(
         "--prox-rate",

@@ -160,10 +160,35 @@ def test_summarize_prints_the_rows_beside_the_paper(tiny_run, tmp_path, capsys):
     summarize.main([str(workdir / "result.json"), "--paper", "IV", "--plot", str(plot)])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("| method | acc % | kMACCs")
-    assert lines[2] == "| paper: Adam | 89.9 | 2379 | 100.0 | 3989 | 100.0 | - | seed 000 |"
-    assert "| paper: PGL11 eta=400 | 87.5 | 267 | 11.2 | 131 | 3.3 | - | seed 000 |" in lines
+    assert lines[2] == "| paper: Adam | 89.9 | 2379 | 100.0 | 3989 | 100.0 | - | Guyard & Barlaud |"
+    pgl11 = "| paper: PGL11 eta=400 | 87.5 | 267 | 11.2 | 131 | 3.3 | - | Guyard & Barlaud |"
+    assert pgl11 in lines
     assert sum(line.startswith("| adam |") for line in lines) == 1
     assert any(
         line.startswith("    python -m experiments.train --dataset digits") for line in lines
     )
     assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    "spelling, expected",
+    [("input", "inputs"), ("inputs", "inputs"), ("output", "outputs"), ("outputs", "outputs")],
+)
+def test_group_axis_accepts_both_spellings(spelling, expected):
+    args = train.build_parser().parse_args(["--group-axis", spelling])
+    assert args.group_axis == expected
+
+
+def test_group_axis_rejects_other_spellings(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.build_parser().parse_args(["--group-axis", "rows"])
+    assert exit_info.value.code == 2
+    assert "--group-axis" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf"])
+def test_bad_learning_rate_exits_with_status_2(value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.build_parser().parse_args(["--lr", value])
+    assert exit_info.value.code == 2
+    assert "--lr" in capsys.readouterr().err

@@ -168,3 +168,27 @@ def test_bad_batching_raises():
         next(data.iterate_batches(np.zeros(3), np.zeros(3), 0))
     with pytest.raises(ValueError, match="labels"):
         next(data.iterate_batches(np.zeros(3), np.zeros(4), 2))
+
+
+def test_truncated_idx_file_is_named(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte"
+    array = np.zeros((4, 28, 28), dtype=np.uint8)
+    _write_idx(path, array, compress=False)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte.*truncated"):
+        data.load_idx(path)
+
+
+def test_image_label_count_mismatch_raises(tmp_path):
+    _fake_mnist_dir(tmp_path, compress=False)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(11, dtype=np.uint8), compress=False)
+    with pytest.raises(ValueError, match=r"12 images but .*train-labels.* 11 labels"):
+        data.load_dataset("mnist", "train", source="idx", data_dir=str(tmp_path))
+
+
+def test_out_of_range_labels_raise(tmp_path):
+    _fake_mnist_dir(tmp_path, compress=False)
+    labels = np.full(12, 10, dtype=np.uint8)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", labels, compress=False)
+    with pytest.raises(ValueError, match=r"train-labels.*outside \[0, 9\]"):
+        data.load_dataset("mnist", "train", source="idx", data_dir=str(tmp_path))

@@ -87,7 +87,8 @@ EXPECTED = {
     "resnet56": (CIFAR, _resnet((16, 32, 64), (9, 9, 9), False, 10)),
 }
 
-# Figures the papers print: dense MACCs (seed 000) and parameter counts (seeds 002, 003).
+# Figures the papers print: dense MACCs (Guyard & Barlaud) and parameter counts (Siegel et al.;
+# Formanek & Hadházi).
 PAPER_MACCS = {"net4": 480.5e3, "lenet300_100": 266.2e3, "simplenet": 631.51e6}
 PAPER_PARAMS = {
     "vgg16": 14.73e6,
