@@ -1,4 +1,4 @@
-"""The lottery optimizer with one projection (seed 000, Alg. 4) and masked retraining.
+"""The lottery optimizer with one projection (Guyard & Barlaud, 2020, Alg. 4) and masked retraining.
 
 The recipe, with ``model``/``params`` any Flax parameter pytree::
 

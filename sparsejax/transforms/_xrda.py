@@ -1,4 +1,4 @@
-r"""Extended regularized dual averaging with an adaptively weighted l1 penalty (seed 002).
+r"""Extended regularized dual averaging with an adaptively weighted l1 penalty (Siegel et al.).
 
 xRDA trains a network and prunes it in the same run: a dual-averaging iterate ``z`` collects the
 (momentum-averaged) gradient steps and the weights are the soft threshold of ``z`` by an
@@ -7,7 +7,7 @@ the step size, so a zeroed weight comes back as soon as one step pushes it out; 
 ``+-lam * S_n`` widens over training, so pruned weights stay pruned. Adaptive l1 weights, large
 for weights that are small relative to the largest of their tensor, do most of the pruning.
 
-Reference: "Training Sparse Neural Networks using Compressed Sensing" (seed 002; Siegel, Chen,
+Reference: "Training Sparse Neural Networks using Compressed Sensing" (Siegel et al.; Siegel, Chen,
 Jin & Xu), Sec. 3, eqs. (3), (5), (10), (12), (13); the update follows the authors' code as
 listed in sparsejax's design notes.
 """
@@ -67,7 +67,7 @@ def xrda(
     structure: str = "weight",
     where: Where = None,
 ) -> optax.GradientTransformation:
-    r"""xRDA with momentum and adaptive l1 weights: sparse training in one pass (seed 002).
+    r"""xRDA with momentum and adaptive l1 weights: sparse training in one pass (Siegel et al.).
 
     Per parameter leaf, with state :math:`z_0 = \theta_0,\ v_0 = a_0 = S_0 = 0` and step
     :math:`n = 1, 2, \dots`:
@@ -95,7 +95,7 @@ def xrda(
     :math:`z_{n-1} = \theta_n + \operatorname{sign}(\theta_n) \lambda S_{n-1}`). The averaging
     only changes how a weight leaves zero or changes sign: its dual ``z`` must first cross the
     dead zone :math:`\pm\lambda S_n`, which widens as :math:`\alpha_n \to 1`. That is what keeps
-    pruned weights pruned against gradient noise (seed 002, Sec. 3.2).
+    pruned weights pruned against gradient noise (Siegel et al., Sec. 3.2).
 
     Leaves not selected by ``where``/``lam`` (by default everything but ``kernel`` leaves:
     biases, norm scales, embeddings) get the same dual-averaging and momentum update without
@@ -251,7 +251,7 @@ def _leaf_update(theta, grad, z, v, a, big_s, lam, hyper):
 
 
 def adaptive_l1_weight(magnitude: jax.Array, beta: Any) -> jax.Array:
-    r"""The adaptive l1 weight of seed 002, eq. (3) (and eq. (13) for per-kernel magnitudes).
+    r"""The adaptive l1 weight of Siegel et al., eq. (3) (and eq. (13) for per-kernel magnitudes).
 
     .. math::
 

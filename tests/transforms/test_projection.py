@@ -18,7 +18,7 @@ from sparsejax import projections
 
 # ----------------------------------------------------------------------------- references
 # Independent float64 NumPy versions of the operators (Duchi et al.'s sort-based l1 projection
-# and the bi-level constructions of seed 000 written from their definitions).
+# and the bi-level constructions of Guyard & Barlaud (2020) written from their definitions).
 
 
 def np_l1(v, r):

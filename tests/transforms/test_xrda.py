@@ -1,4 +1,4 @@
-"""Tests for sparsejax.dual_averaging: xRDA with adaptively weighted l1 (seed 002)."""
+"""Tests for sparsejax.dual_averaging: xRDA with adaptively weighted l1 (Siegel et al.)."""
 
 from __future__ import annotations
 
@@ -288,7 +288,7 @@ def _numpy_l1_ball(v, radius):
 
 
 def _numpy_l11(kernel, eta):
-    """Bi-level l1,1 (seed 000 Alg. 3) on the rows (input units) of a Dense kernel."""
+    """Bi-level l1,1 (Guyard & Barlaud Alg. 3) on the rows (input units) of a Dense kernel."""
     budgets = _numpy_l1_ball(np.abs(kernel).sum(axis=1), eta)
     return np.stack([_numpy_l1_ball(row, t) for row, t in zip(kernel, budgets)])
 
