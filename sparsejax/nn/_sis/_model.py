@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sparsejax import _optional
-from sparsejax.nn import _calls
+from sparsejax.nn import _calls, _tracing
 
 # --------------------------------------------------------------------------------------------
 # Reading layers out of an NNX model
@@ -55,43 +55,31 @@ def _layer_info(layer: Any, path: tuple) -> _Layer:
 
 
 def _discover_layers(graphdef: Any, states: tuple, batch: Any) -> list[_Layer]:
-    """Lists the model's Dense/Conv layers in the order the forward pass calls them."""
-    nnx = _nnx()
-    found: list[_Layer] = []
-
-    def forward(states, batch):
-        model = nnx.merge(graphdef, *states)
-        paths = {
-            id(node): path
-            for path, node in nnx.iter_graph(model)
-            if isinstance(node, (nnx.Linear, nnx.Conv))
-        }
-
-        def hook(layer, inputs, call):
-            if id(layer) not in paths:
-                raise ValueError(f"a {type(layer).__name__} called by the model is not part of it")
-            info = _layer_info(layer, paths[id(layer)])
-            if any(seen.path == info.path for seen in found):
-                raise ValueError(
-                    f"layer {info.name!r} is called more than once per forward pass; SIS needs "
-                    "each Dense/Conv layer to be called exactly once"
-                )
-            found.append(info)
-            return call(inputs)
-
-        with _intercepted_calls(hook):
-            model(batch)
-
+    """Lists the model's Dense/Conv layers in the order the forward pass calls them, read by
+    the tracer that the metrics and surgery use (:func:`sparsejax.nn._tracing.trace`)."""
     if np.ndim(batch) < 1 or np.shape(batch)[0] == 0:
         raise ValueError(f"batches must hold non-empty batches, got one of shape {np.shape(batch)}")
+    model = _nnx().merge(graphdef, *states)
     try:
-        jax.eval_shape(forward, states, batch)
-    except TypeError as err:
+        network = _tracing.trace(model, batch)
+    except ValueError as err:
+        if err.__cause__ is None:  # the model ran; it has no layer SIS could sparsify
+            raise ValueError(f"{err}; nothing to sparsify") from err
         raise ValueError(
-            f"the model cannot run on a batch of shape {np.shape(batch)} from batches: {err}"
+            f"the model cannot run on a batch of shape {np.shape(batch)} from batches: "
+            f"{err.__cause__}"
         ) from err
-    if not found:
-        raise ValueError("the model calls no nnx.Linear or nnx.Conv layer; nothing to sparsify")
+    found: list[_Layer] = []
+    for layer in network.layers:
+        if layer.call.module is None or layer.kind == "norm":
+            continue
+        info = _layer_info(layer.call.module, layer.call.path)
+        if any(seen.path == info.path for seen in found):
+            raise ValueError(
+                f"layer {info.name!r} is called more than once per forward pass; SIS needs "
+                "each Dense/Conv layer to be called exactly once"
+            )
+        found.append(info)
     return found
 
 
