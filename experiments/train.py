@@ -8,10 +8,14 @@ PGL11 (l1,1 projection) and prints the comparison (about a minute on a laptop CP
     python -m experiments.train --model lfc4 --dataset fashion_mnist \\
         --method adam pgl1 pgl11 magnitude --eta 200 400 800          # an eta sweep
     python -m experiments.train ... --resume                          # continue a killed run
+    python -m experiments.train ... --seeds 0 1 2 3 4                 # mean ± sd over seeds
 
 Every run writes a checkpoint per epoch under ``--workdir`` (default ``runs/<name>``, derived
 from the arguments, so repeating a command with ``--resume`` finds it) and a ``result.json``
-with every figure, the command, the seed, the package versions and the wall time.
+with every figure, the command, the seed, the package versions and the wall time. A validation
+set (``--val-size``, 5,000 examples by default) is held out of the training split: epochs are
+evaluated on it, the test set once per final model, and any choice among rows reads validation
+accuracy only.
 """
 
 from __future__ import annotations

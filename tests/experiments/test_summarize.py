@@ -89,7 +89,7 @@ def test_markdown_puts_the_paper_beside_ours(files, capsys):
     assert header[:6] == ["method", "seeds", "acc %", "val %", "kMACCs", "MACCs %"]
     paper = {line.split(" | ")[0]: line.split(" | ") for line in lines if "paper:" in line}
     pgl11 = paper["| paper: PGL11 eta=400"]
-    # The paper's memory sits in the reading its dense 3989 kB supports, and only there.
+    # The paper's memory sits in the reading we compare it with, and only there.
     column = header.index({"entropy_global": "H/all kB", "entropy_layers": "H/layer kB"}[
         summarize.PAPER_MEMORY_READING
     ])  # fmt: skip
