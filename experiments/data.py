@@ -35,11 +35,14 @@ import numpy as np
 __all__ = [
     "DATASETS",
     "DEBIAN_FASHION_MNIST_DIR",
+    "VALIDATION_SEED",
     "ArrayDataset",
+    "default_val_size",
     "iterate_batches",
     "load_dataset",
     "load_idx",
     "num_batches",
+    "split_validation",
     "standardize",
 ]
 
@@ -53,6 +56,13 @@ DATASETS = {
     "cifar10": ((32, 32, 3), 10),
     "cifar100": ((32, 32, 3), 100),
 }
+# The validation examples are drawn with this fixed seed, never with the run's --seed: every
+# seed of a configuration sees the same split, and a seed never selects on its own data.
+VALIDATION_SEED = 20200916
+# Held-out examples by dataset: 5,000 (a twelfth of (Fashion-)MNIST's 60,000), and 10% of the
+# 1,437 training digits.
+_VAL_SIZE = {"digits": 143}
+_DEFAULT_VAL_SIZE = 5000
 _SPLITS = ("train", "test")
 _SOURCES = ("auto", "sklearn", "idx", "tfds")
 _IDX_PREFIX = {"train": "train", "test": "t10k"}
@@ -229,6 +239,49 @@ def load_dataset(
     if limit is not None:
         dataset = dataset._replace(images=dataset.images[:limit], labels=dataset.labels[:limit])
     return dataset
+
+
+def default_val_size(name: str) -> int:
+    """The default number of held-out validation examples: 143 (10%) for ``digits``, else
+    5,000."""
+    return _VAL_SIZE.get(name, _DEFAULT_VAL_SIZE)
+
+
+def split_validation(dataset: ArrayDataset, size: int) -> tuple[ArrayDataset, ArrayDataset]:
+    """Holds out ``size`` examples of a training split as a validation set.
+
+    The held-out examples are a fixed random subset: the first ``size`` indices of a
+    permutation drawn with :data:`VALIDATION_SEED`, independent of any training seed, so
+    every seed of a configuration has the same split. The remaining training examples keep
+    their original order (a later ``limit`` keeps the first of them), and so do the validation
+    examples.
+
+    Args:
+      dataset: the whole training split.
+      size: number of examples to hold out; 0 gives an empty validation set and the
+        training split unchanged.
+
+    Returns:
+      ``(train, validation)``.
+
+    Raises:
+      ValueError: if ``size`` is negative or not smaller than the number of examples.
+
+    >>> train = load_dataset("digits", "train")
+    >>> train, validation = split_validation(train, 143)
+    >>> len(train.labels), len(validation.labels)
+    (1294, 143)
+    """
+    count = len(dataset.labels)
+    if not 0 <= size < count:
+        raise ValueError(
+            f"size must be in [0, {count}) for a training split of {count} examples, "
+            f"got {size!r}: hold out fewer examples"
+        )
+    held = np.zeros(count, bool)
+    held[np.random.default_rng(VALIDATION_SEED).permutation(count)[:size]] = True
+    part = lambda rows: dataset._replace(images=dataset.images[rows], labels=dataset.labels[rows])
+    return part(~held), part(held)
 
 
 def standardize(train_images: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -203,6 +203,9 @@ class Experiment:
         self.log = log
         self._done: dict[str, training.PhaseResult] = {}
         shared = {"lr": settings.lr, "batch": data.batch_size, "seed": data.seed}
+        if data.val_labels is not None and len(data.val_labels):
+            # Checkpoints trained on the held-out examples must not be resumed.
+            shared["val"] = len(data.val_labels)
         # Checkpoint directories carry a digest of what determines them, so a workdir reused
         # with other settings never resumes the wrong run; the dense phase depends on little
         # and is shared by every method with the same learning rate, batch size and seed.

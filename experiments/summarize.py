@@ -1,12 +1,18 @@
-"""Markdown rows and an accuracy-vs-MACCs plot from result.json files, beside Guyard & Barlaud's
-tables.
+"""Markdown rows and an accuracy-vs-MACCs plot from result.json files, mean ± sd over seeds,
+beside Guyard & Barlaud's tables.
 
     python -m experiments.summarize experiments/results/lfc4_fmnist_*.json \\
         --paper IV --plot experiments/results/lfc4_fmnist.png
 
-Each result's rows are printed as a Markdown table (figures normalised by the run's dense Adam
-baseline, as Guyard & Barlaud normalises) with the command that produced them; ``--paper`` adds the
-paper's rows, normalised by the paper's own Adam row.
+Rows of the same configuration are aggregated over seeds however the seeds were run (one
+``--seeds`` file, or one file per ``--seed``): a configuration is a method label (a sparsity
+matched per seed reads ``matched``) and the run's arguments other than the seed, the
+checkpoint and output paths and the method list; a (configuration, seed) seen in several files
+(a shared Adam baseline) counts once. Each figure is the mean ± the sample standard deviation
+(ddof=1) over seeds, normalised by each run's own dense Adam baseline as Guyard & Barlaud
+normalises; the commands that produced the rows follow the table. ``--paper`` adds the paper's
+rows, normalised by the paper's Adam row; its memory sits in the column of the reading we compare
+it with (``PAPER_MEMORY_READING``: per-layer entropy), the other reading shows ``-``.
 """
 
 from __future__ import annotations
@@ -15,6 +21,12 @@ import argparse
 import json
 from collections.abc import Sequence
 
+from experiments import report
+
+# The memory reading the paper's figures are compared with. Their dense LFC4 3989 kB does not
+# tell the readings apart (ours: 3980.2 kB per layer, 3995.9 kB globally); the per-layer one is
+# that of the paper's text (experiments/RESULTS.md, "Figures").
+PAPER_MEMORY_READING = "entropy_layers"
 # Guyard & Barlaud's tables: (method, memory kB, kMACCs, accuracy %); the first row is Adam.
 PAPER_TABLES = {
     "I": ("Net4 / MNIST", [
@@ -46,38 +58,60 @@ PAPER_TABLES = {
 
 
 def paper_rows(table: str) -> list[dict]:
-    """Guyard & Barlaud's rows of ``table`` with MACCs and memory as % of its Adam row."""
+    """Guyard & Barlaud's rows of ``table`` with MACCs and memory as % of its Adam row (the
+    memory under the key of :data:`PAPER_MEMORY_READING`)."""
     _, rows = PAPER_TABLES[table]
     _, memory0, maccs0, _ = rows[0]
     return [
         {
             "method": f"paper: {name}",
-            "accuracy": accuracy,
+            "accuracy_%": accuracy,
             "maccs_k": maccs,
             "maccs_%": round(100 * maccs / maccs0, 1),
-            "memory_kB": memory,
-            "memory_%": round(100 * memory / memory0, 1),
+            f"{PAPER_MEMORY_READING}_kB": memory,
+            f"{PAPER_MEMORY_READING}_%": round(100 * memory / memory0, 1),
         }
         for name, memory, maccs, accuracy in rows
     ]
 
 
+# Arguments that do not change a configuration's figures, or that are the row's own label.
+_NOT_CONFIGURATION = ("seed", "seeds", "workdir", "out", "resume", "quiet", "progress", "method",
+                      "eta", "sparsity")  # fmt: skip
+
+
+def _summary(entry: dict) -> dict:
+    """An entry's summary with the memory readings named (old files: ``entropy_kB`` is the
+    per-layer reading)."""
+    summary = dict(entry["summary"])
+    for unit in ("kB", "%"):
+        if f"entropy_{unit}" in summary:
+            summary.setdefault(f"entropy_layers_{unit}", summary.pop(f"entropy_{unit}"))
+    return summary
+
+
 def result_rows(path: str) -> list[dict]:
-    """The rows of one result.json."""
+    """The rows of one result.json, each with its seed, configuration and source."""
     with open(path) as handle:
         result = json.load(handle)
+    arguments = result.get("arguments", {})
+    configuration = json.dumps(
+        {k: v for k, v in arguments.items() if k not in _NOT_CONFIGURATION},
+        sort_keys=True,
+        default=str,
+    )
+    matched = arguments.get("sparsity") is None
     rows = []
     for entry in result["results"]:
-        summary = entry["summary"]
+        summary = _summary(entry)
+        label = entry.get("group") or report.group_label(entry["label"], entry["method"], matched)
         rows.append(
             {
-                "method": summary["method"],
-                "accuracy": summary["accuracy_%"],
-                "maccs_k": round(summary["effective_maccs"] / 1000, 1),
-                "maccs_%": summary["maccs_%"],
-                "memory_kB": summary["entropy_kB"],
-                "memory_%": summary["entropy_%"],
-                "zlib_%": summary["zlib_%"],
+                **summary,
+                "method": label,
+                "kind": entry["method"],
+                "seed": entry.get("seed", result.get("seed")),
+                "configuration": configuration,
                 "command": result["command"],
                 "file": path,
             }
@@ -85,44 +119,81 @@ def result_rows(path: str) -> list[dict]:
     return rows
 
 
-def markdown(rows: Sequence[dict]) -> str:
-    header = "| method | acc % | kMACCs | MACCs % | entropy kB | memory % | zlib % | source |"
-    lines = [header, "|---|---|---|---|---|---|---|---|"]
+def aggregate(rows: Sequence[dict]) -> list[dict]:
+    """Mean ± sd over seeds per configuration (see the module docstring), first seen first."""
+    configurations: dict[str, list[dict]] = {}
     for row in rows:
-        source = f"`{row['file']}`" if "file" in row else "Guyard & Barlaud"
-        cells = [
-            row["method"],
-            row["accuracy"],
-            row["maccs_k"],
-            row["maccs_%"],
-            row["memory_kB"],
-            row["memory_%"],
-            row.get("zlib_%", "-"),
-            source,
-        ]
-        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+        configurations.setdefault(row["configuration"], []).append(row)
+    out = []
+    for members in configurations.values():
+        for aggregated in report.aggregate(members, [row["seed"] for row in members]):
+            group = [row for row in members if row["method"] == aggregated["method"]]
+            aggregated["files"] = list(dict.fromkeys(row["file"] for row in group))
+            aggregated["commands"] = list(dict.fromkeys(row["command"] for row in group))
+            out.append(aggregated)
+    return out
+
+
+_COLUMNS = (
+    ("accuracy_%", "acc %"),
+    ("val_accuracy_%", "val %"),
+    ("maccs_k", "kMACCs"),
+    ("maccs_%", "MACCs %"),
+    ("reduced_kB", "reduced kB"),
+    ("entropy_layers_kB", "H/layer kB"),
+    ("entropy_layers_%", "H/layer %"),
+    ("entropy_global_kB", "H/all kB"),
+    ("entropy_global_%", "H/all %"),
+    ("zlib_%", "zlib %"),
+)
+
+
+def _cell(row: dict, column: str) -> str:
+    if column == "maccs_k" and "effective_maccs" in row:
+        value = round(row["effective_maccs"] / 1000, 1)
+        sd = row.get("effective_maccs_sd")
+        sd = None if sd is None else round(sd / 1000, 1)
+    else:
+        value, sd = row.get(column), row.get(f"{column}_sd")
+    if value is None:
+        return "-"
+    return str(value) if sd is None else f"{value} ± {sd}"
+
+
+def markdown(rows: Sequence[dict], reference: Sequence[dict] = ()) -> str:
+    """The paper's rows (``reference``), then ours (:func:`aggregate` dicts)."""
+    header = ["method", "seeds", *(name for _, name in _COLUMNS), "source"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in reference:
+        cells = [row["method"], "-", *(_cell(row, c) for c, _ in _COLUMNS), "Guyard & Barlaud"]
+        lines.append("| " + " | ".join(cells) + " |")
+    for row in rows:
+        source = ", ".join(f"`{path}`" for path in row["files"])
+        cells = [row["method"], str(len(row["seeds"])), *(_cell(row, c) for c, _ in _COLUMNS)]
+        lines.append("| " + " | ".join([*cells, source]) + " |")
     return "\n".join(lines)
 
 
 def plot(rows: Sequence[dict], reference: Sequence[dict], path: str, title: str) -> None:
-    """Accuracy against MACCs (% of dense, log axis): one series per method and protocol, the
-    paper's rows as labelled black crosses, the legend beside the axes."""
+    """Accuracy (mean, ± sd bars) against MACCs (% of dense, log axis): one series per method
+    and protocol, the paper's rows as labelled black crosses, the legend beside the axes."""
     from matplotlib.figure import Figure
 
     series: dict = {}
     for row in rows:
         # One series per method and protocol: the label without its radius or strength.
         words = [w for w in row["method"].split(" ") if "=" not in w or w.startswith("retrain=")]
-        series.setdefault(" ".join(words), []).append((row["maccs_%"], row["accuracy"]))
+        point = (row["maccs_%"], row["accuracy_%"], row.get("accuracy_%_sd") or 0.0)
+        series.setdefault(" ".join(words), []).append(point)
     figure = Figure(figsize=(10, 5), layout="constrained")
     axis = figure.subplots()
     markers = "osD^v<>phP*X"
     for index, (name, points) in enumerate(series.items()):
-        x, y = zip(*sorted(points))
-        axis.plot(x, y, marker=markers[index % len(markers)], label=name)
+        x, y, sd = zip(*sorted(points))
+        axis.errorbar(x, y, yerr=sd, marker=markers[index % len(markers)], label=name, capsize=3)
     for row in reference:
-        axis.scatter(row["maccs_%"], row["accuracy"], marker="x", s=70, color="black")
-        axis.annotate(row["method"], (row["maccs_%"], row["accuracy"]), fontsize=8,
+        axis.scatter(row["maccs_%"], row["accuracy_%"], marker="x", s=70, color="black")
+        axis.annotate(row["method"], (row["maccs_%"], row["accuracy_%"]), fontsize=8,
                       xytext=(4, 4), textcoords="offset points")  # fmt: skip
     axis.set(xscale="log", xlabel="effective MACCs, % of the dense model", ylabel="accuracy (%)")
     axis.set_title(title)
@@ -137,18 +208,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--paper", choices=tuple(PAPER_TABLES), help="add Guyard & Barlaud's table")
     parser.add_argument("--plot", help="write the accuracy-vs-MACCs plot (MACCs in %% of dense)")
     args = parser.parse_args(argv)
-    rows, seen = [], set()
-    for path in args.results:
-        for row in result_rows(path):
-            # The same result in several files (the shared Adam baseline) is listed once.
-            identity = (row["method"], row["accuracy"], row["maccs_k"])
-            if identity not in seen:
-                seen.add(identity)
-                rows.append(row)
+    rows = aggregate([row for path in args.results for row in result_rows(path)])
     reference = paper_rows(args.paper) if args.paper else []
-    print(markdown([*reference, *rows]))
+    print(markdown(rows, reference))
     print()
-    for command in dict.fromkeys(row["command"] for row in rows):
+    print(report.LEGEND)
+    for kind, label in report.select_on_validation(rows).items():
+        print(f"selected on validation accuracy among the {kind} rows: {label}")
+    print()
+    for command in dict.fromkeys(command for row in rows for command in row["commands"]):
         print(f"    {command}")
     if args.plot:
         title = PAPER_TABLES[args.paper][0] if args.paper else "accuracy against MACCs"

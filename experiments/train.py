@@ -8,10 +8,14 @@ PGL11 (l1,1 projection) and prints the comparison (about a minute on a laptop CP
     python -m experiments.train --model lfc4 --dataset fashion_mnist \\
         --method adam pgl1 pgl11 magnitude --eta 200 400 800          # an eta sweep
     python -m experiments.train ... --resume                          # continue a killed run
+    python -m experiments.train ... --seeds 0 1 2 3 4                 # mean ± sd over seeds
 
 Every run writes a checkpoint per epoch under ``--workdir`` (default ``runs/<name>``, derived
 from the arguments, so repeating a command with ``--resume`` finds it) and a ``result.json``
-with every figure, the command, the seed, the package versions and the wall time.
+with every figure, the command, the seed, the package versions and the wall time. A validation
+set (``--val-size``, 5,000 examples by default) is held out of the training split: epochs are
+evaluated on it, the test set once per final model, and any choice among rows reads validation
+accuracy only.
 """
 
 from __future__ import annotations
@@ -137,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     what.add_argument("--limit-train", type=_positive, help="keep the first N training examples")
     what.add_argument("--limit-test", type=_positive, help="keep the first N test examples")
+    what.add_argument(
+        "--val-size",
+        type=_non_negative,
+        help="training examples held out for validation, drawn once with a fixed seed (the "
+        "same for every --seed) before --limit-train; every epoch is evaluated on them and the "
+        "test set only on the final models; 0: no validation, epochs evaluated on the test set "
+        "(default 5000, digits 143 = 10%%)",
+    )
 
     how = parser.add_argument_group("methods")
     how.add_argument(
@@ -200,7 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="before retraining, also drop the weights of hidden units that cannot reach the "
         "output (fully connected models)",
     )
-    train.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed")
+    seeds = train.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed")
+    seeds.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        help="run the configuration once per seed, sharing nothing (checkpoints in "
+        "<workdir>/seed<k>); the table shows mean ± sd over them",
+    )
 
     other = parser.add_argument_group(
         "prox_rmsprop (Formanek & Hadházi), xrda (Siegel et al.), sis (Verma & Pesquet)"
@@ -242,6 +262,10 @@ def _complete(args: argparse.Namespace) -> argparse.Namespace:
     args.batch_size = args.batch_size or DEFAULT_BATCH.get(args.dataset, 256)
     args.epochs = DEFAULT_EPOCHS.get(args.dataset, 8) if args.epochs is None else args.epochs
     args.retrain_epochs = args.epochs if args.retrain_epochs is None else args.retrain_epochs
+    if args.val_size is None:
+        args.val_size = data_lib.default_val_size(args.dataset)
+    if args.seeds and len(set(args.seeds)) != len(args.seeds):
+        raise SystemExit(f"--seeds {' '.join(map(str, args.seeds))} repeats a seed")
     try:
         re.compile(args.layers)
     except re.error as err:
@@ -277,16 +301,31 @@ def package_versions() -> dict:
 
 def _load_data(args) -> tuple[training.TrainData, dict]:
     options = {"data_dir": args.data_dir, "source": args.source}
-    train = data_lib.load_dataset(args.dataset, "train", limit=args.limit_train, **options)
+    train = data_lib.load_dataset(args.dataset, "train", **options)
     test = data_lib.load_dataset(args.dataset, "test", limit=args.limit_test, **options)
-    train_images, test_images = data_lib.standardize(train.images, test.images)
+    if args.val_size >= len(train.labels):
+        raise SystemExit(
+            f"--val-size {args.val_size} must be smaller than the {len(train.labels)} training "
+            f"examples of {args.dataset}"
+        )
+    # Held out before --limit-train, so that the validation set does not depend on it.
+    train, val = data_lib.split_validation(train, args.val_size)
+    if args.limit_train is not None:
+        keep = slice(0, args.limit_train)
+        train = train._replace(images=train.images[keep], labels=train.labels[keep])
+    train_images, val_images, test_images = data_lib.standardize(
+        train.images, val.images, test.images
+    )
     data = training.TrainData(
         train_images, train.labels, test_images, test.labels, args.batch_size, args.seed
     )
+    if args.val_size:
+        data.val_images, data.val_labels = val_images, val.labels
     info = {
         "name": args.dataset,
         "source": train.source,
         "train_examples": len(train.labels),
+        "val_examples": len(val.labels),
         "test_examples": len(test.labels),
         "image_shape": list(train.images.shape[1:]),
         "num_classes": train.num_classes,
@@ -321,6 +360,26 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = _complete(build_parser().parse_args(argv))
     log = (lambda message: None) if args.quiet else (lambda message: print(message, flush=True))
     workdir = args.workdir or os.path.join("runs", run_name(args))
+    if args.seeds:
+        summary = _run_seeds(args, argv, workdir, log)
+    else:
+        summary = _run(args, argv, workdir, log)
+    summary["wall_time_s"] = round(time.perf_counter() - started, 1)
+    out = args.out or os.path.join(workdir, "result.json")
+    _write(out, summary)
+    log(f"wrote {out} ({summary['wall_time_s']:.0f} s)")
+    return summary
+
+
+def _write(path: str, summary: dict) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as handle:
+        json.dump(summary, handle, indent=1, default=_json_default)
+
+
+def _run(args, argv, workdir, log, show=print) -> dict:
+    """One seed: trains every method and returns the result.json dict (``show`` prints the
+    table)."""
     os.makedirs(workdir, exist_ok=True)
     data, data_info = _load_data(args)
     input_shape = tuple(data_info["image_shape"])
@@ -348,59 +407,112 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )
     log(
         f"{args.model} on {args.dataset} ({data_info['train_examples']} train / "
-        f"{data_info['test_examples']} test, {data_info['source']}); "
-        f"dense MACCs {dense_maccs:,}; checkpoints in {workdir}"
+        f"{data_info['val_examples']} validation / {data_info['test_examples']} test, "
+        f"{data_info['source']}); seed {args.seed}; dense MACCs {dense_maccs:,}; "
+        f"checkpoints in {workdir}"
     )
     experiment = methods_lib.Experiment(
         split, data, settings, workdir=workdir, resume=args.resume, progress=not args.quiet, log=log
     )
     results = _run_methods(args, experiment)
-    summary = _summarise(args, argv, experiment, results, data, data_info, model, dense_maccs)
-    summary["wall_time_s"] = round(time.perf_counter() - started, 1)
-    out = args.out or os.path.join(workdir, "result.json")
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    with open(out, "w") as handle:
-        json.dump(summary, handle, indent=1, default=_json_default)
-    log(f"wrote {out} ({summary['wall_time_s']:.0f} s)")
-    return summary
+    return _summarise(args, argv, experiment, results, data, data_info, model, dense_maccs, show)
 
 
-def _summarise(args, argv, experiment, results, data, data_info, model, dense_maccs) -> dict:
-    """Evaluates every result, prints the comparison table and returns the result.json dict."""
+def _run_seeds(args, argv, workdir, log) -> dict:
+    """``--seeds``: one independent run per seed (own model, checkpoints under
+    ``workdir/seed<k>`` and result.json there), then mean ± sd per method."""
+    runs = []
+    for seed in args.seeds:
+        one = argparse.Namespace(**{**vars(args), "seed": seed, "seeds": None})
+        seed_dir = os.path.join(workdir, f"seed{seed}")
+        log(f"=== seed {seed}")
+        run = _run(one, argv, seed_dir, log, show=log)
+        _write(os.path.join(seed_dir, "result.json"), run)
+        runs.append(run)
+    results = [entry for run in runs for entry in run["results"]]
+    rows = [{**entry["summary"], "method": entry["group"]} for entry in results]
+    aggregated = report_lib.aggregate(rows, [entry["seed"] for entry in results])
+    selected = report_lib.select_on_validation(aggregated)
+    print(f"mean ± sd over seeds {' '.join(map(str, args.seeds))}:", flush=True)
+    _print_table(aggregated, selected)
+    first = runs[0]
+    return {
+        **{key: first[key] for key in ("command", "argv", "dataset", "model", "versions")},
+        "seed": None,
+        "seeds": list(args.seeds),
+        "arguments": dict(vars(args)),
+        "memory_readings": report_lib.MEMORY_READINGS,
+        "baselines": [{"seed": run["seed"], **run["baseline"]} for run in runs],
+        "results": results,
+        "aggregate": aggregated,
+        "selected_on_validation": selected,
+    }
+
+
+def _print_table(rows: list[dict], selected: dict, show=print) -> None:
+    show(report_lib.format_table(rows))
+    show(report_lib.LEGEND)
+    for kind, label in selected.items():
+        show(f"selected on validation accuracy among the {kind} rows: {label}")
+
+
+def _summarise(
+    args, argv, experiment, results, data, data_info, model, dense_maccs, show=print
+) -> dict:
+    """Evaluates every result, prints the comparison table and returns the result.json dict.
+
+    Each final model is evaluated once on the test set; the figures that need example inputs
+    (MACCs, surgery) use training images, and selections use validation accuracy only."""
     split = experiment.split
-    examples = data.test_images
+    examples = data.train_images
     dense = experiment.finished_dense()
     if dense is None:
         baseline_name = "initial weights (no dense model was trained in this run)"
         dense = training.PhaseResult(split.params, split.rest, [])
     else:
         baseline_name = f"adam, {args.epochs} epochs"
-    baseline = report_lib.model_report(split, dense.params, dense.rest, examples)
+    baseline = report_lib.measure(split, dense.params, dense.rest, examples)
     entries, rows = [], []
     for result in results:
         accuracy, loss = training.evaluate(
             split, result.params, result.rest, data.test_images, data.test_labels
         )
-        report = report_lib.model_report(
-            split, result.params, result.rest, examples, baseline=baseline
+        val_accuracy = val_loss = None
+        if data.val_labels is not None:
+            val_accuracy, val_loss = training.evaluate(
+                split, result.params, result.rest, data.val_images, data.val_labels
+            )
+        figures = report_lib.measure(split, result.params, result.rest, examples, baseline=baseline)
+        row = report_lib.summary_row(
+            result.label,
+            accuracy,
+            figures,
+            baseline=baseline,
+            val_accuracy=val_accuracy,
+            kind=result.method,
         )
-        row = report_lib.summary_row(result.label, accuracy, report)
         rows.append(row)
+        matched = args.sparsity is None
         entries.append(
             {
+                "seed": args.seed,
                 "method": result.method,
                 "label": result.label,
+                "group": report_lib.group_label(result.label, result.method, matched),
                 "settings": result.settings,
                 "test_accuracy": accuracy,
                 "test_loss": loss,
+                "val_accuracy": val_accuracy,
+                "val_loss": val_loss,
                 "constrained_sparsity": methods_lib.selected_sparsity(result.params, args.layers),
                 "summary": row,
                 "train_seconds": round(_seconds(result.phases), 1),
                 "history": result.phases,
-                "report": report.to_dict(),
+                "report": figures.report.to_dict(),
             }
         )
-    print(report_lib.format_table(rows), flush=True)
+    selected = report_lib.select_on_validation(rows)
+    _print_table(rows, selected, show)
     return {
         "command": "python -m experiments.train " + shlex.join(argv),
         "argv": argv,
@@ -413,9 +525,16 @@ def _summarise(args, argv, experiment, results, data, data_info, model, dense_ma
             "params": models_lib.count_params(model),
             "constrained_layers": args.layers,
         },
-        "baseline": {"name": baseline_name, "totals": baseline.totals()},
+        "memory_readings": report_lib.MEMORY_READINGS,
+        "baseline": {
+            "name": baseline_name,
+            "totals": baseline.report.totals(),
+            "entropy_global_bytes": baseline.entropy_global_bytes,
+            "reduced_bytes": baseline.reduced_bytes,
+        },
         "versions": package_versions(),
         "results": entries,
+        "selected_on_validation": selected,
     }
 
 

@@ -221,7 +221,11 @@ def load_checkpoint(path: str, template: Any) -> tuple[Any, dict]:
 
 @dataclasses.dataclass
 class TrainData:
-    """Standardised arrays and the batching settings shared by every phase."""
+    """Standardised arrays and the batching settings shared by every phase.
+
+    With validation arrays, each epoch is evaluated on them and the test set is left to the
+    final models; without (``None``), each epoch is evaluated on the test set.
+    """
 
     train_images: np.ndarray
     train_labels: np.ndarray
@@ -229,6 +233,15 @@ class TrainData:
     test_labels: np.ndarray
     batch_size: int
     seed: int
+    val_images: np.ndarray | None = None
+    val_labels: np.ndarray | None = None
+
+    @property
+    def monitor(self) -> tuple[str, np.ndarray, np.ndarray]:
+        """``(name, images, labels)`` of the set evaluated after each epoch."""
+        if self.val_labels is not None and len(self.val_labels):
+            return "val", self.val_images, self.val_labels
+        return "test", self.test_images, self.test_labels
 
 
 def _progress(total: int, description: str, enabled: bool):
@@ -252,7 +265,10 @@ def run_phase(
     log: Callable[[str], None] = print,
 ) -> PhaseResult:
     """Runs ``phase`` from ``(params, rest)``; checkpoints every epoch under
-    ``workdir/phase.key`` and, with ``resume``, continues from the last one."""
+    ``workdir/phase.key`` and, with ``resume``, continues from the last one.
+
+    Each epoch's history has the training loss and the accuracy and loss on
+    ``data.monitor``: ``val_*`` with a validation set, else ``test_*``."""
     tx = phase.make_tx(phase.aux)
     state = TrainState(params, rest, tx.init(params), jnp.zeros((), jnp.int32))
     path = os.path.join(workdir, phase.key, "checkpoint.npz") if workdir else None
@@ -290,21 +306,20 @@ def run_phase(
         seconds = time.perf_counter() - started
         if bar is not None:
             bar.close()
-        accuracy, test_loss = evaluate(
-            split, state.params, state.rest, data.test_images, data.test_labels
-        )
+        name, images, labels = data.monitor
+        accuracy, monitor_loss = evaluate(split, state.params, state.rest, images, labels)
         history.append(
             {
                 "epoch": epoch + 1,
                 "train_loss": round(train_loss, 5),
-                "test_loss": round(test_loss, 5),
-                "test_accuracy": round(accuracy, 5),
+                f"{name}_loss": round(monitor_loss, 5),
+                f"{name}_accuracy": round(accuracy, 5),
                 "seconds": round(seconds, 2),
             }
         )
         log(
             f"[{phase.key}] epoch {epoch + 1}/{phase.epochs}  loss {train_loss:.4f}  "
-            f"test acc {100 * accuracy:.2f}%  ({seconds:.1f} s)"
+            f"{name} acc {100 * accuracy:.2f}%  ({seconds:.1f} s)"
         )
         if path:
             save_checkpoint(path, state, {"history": history})

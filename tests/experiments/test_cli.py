@@ -55,7 +55,9 @@ def test_every_method_has_its_figures(tiny_run):
         assert summary["accuracy_%"] == round(100 * entry["test_accuracy"], 2)
         assert summary["dense_maccs"] == result["model"]["dense_maccs"]
         assert 0 < summary["effective_maccs"] <= summary["dense_maccs"]
-        assert summary["entropy_kB"] > 0 and summary["zlib_kB"] > 0
+        assert summary["entropy_layers_kB"] > 0 and summary["zlib_kB"] > 0
+        assert summary["entropy_global_kB"] >= summary["entropy_layers_kB"]
+        assert summary["reduced_kB"] > 0
     assert adam["summary"]["maccs_%"] == 100.0 and adam["summary"]["sparsity_%"] == 0.0
     assert [len(h) for h in adam["history"].values()] == [2]
     assert [len(h) for h in pgl11["history"].values()] == [2, 2, 1]
@@ -67,6 +69,82 @@ def test_every_method_has_its_figures(tiny_run):
         pgl11["constrained_sparsity"], abs=2e-3
     )
     assert adam["constrained_sparsity"] == 0.0
+
+
+def test_validation_is_held_out_and_read_per_epoch(tiny_run):
+    result, _ = tiny_run
+    assert result["arguments"]["val_size"] == 143  # 10% of the 1437 training digits
+    assert result["dataset"]["val_examples"] == 143
+    for entry in result["results"]:
+        assert 0.0 <= entry["val_accuracy"] <= 1.0
+        assert entry["summary"]["val_accuracy_%"] == round(100 * entry["val_accuracy"], 2)
+        for history in entry["history"].values():
+            for epoch in history:
+                assert "val_accuracy" in epoch and "test_accuracy" not in epoch
+
+
+def _datasets(argv):
+    args = train._complete(train.build_parser().parse_args(argv))
+    return train._load_data(args)[0]
+
+
+def test_validation_split_does_not_depend_on_the_seed_or_the_limit():
+    plain = _datasets(["--dataset", "digits"])
+    other = _datasets(["--dataset", "digits", "--seed", "3", "--limit-train", "100"])
+    assert len(plain.val_labels) == 143 and len(plain.train_labels) == 1437 - 143
+    np.testing.assert_array_equal(plain.val_labels, other.val_labels)
+    # --limit-train keeps the first of the examples left after the hold-out.
+    np.testing.assert_array_equal(other.train_labels, plain.train_labels[:100])
+    none = _datasets(["--dataset", "digits", "--val-size", "0"])
+    assert none.val_labels is None and len(none.train_labels) == 1437
+
+
+def test_val_size_zero_evaluates_epochs_on_the_test_set(tmp_path):
+    argv = [*TINY, "--method", "adam", "--epochs", "1", "--batch-size", "32", "--val-size", "0"]
+    result = train.main([*argv, "--workdir", str(tmp_path)])
+    assert result["arguments"]["val_size"] == 0 and result["dataset"]["val_examples"] == 0
+    (entry,) = result["results"]
+    assert entry["val_accuracy"] is None and entry["summary"]["val_accuracy_%"] is None
+    assert "test_accuracy" in entry["history"]["dense"][0]
+
+
+def test_val_size_must_leave_training_examples(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main([*TINY, "--val-size", "1437"])
+    message = str(exit_info.value)
+    assert message.startswith("--val-size 1437") and "1437 training examples" in message
+    assert "\n" not in message
+
+
+def test_seeds_run_independently_and_aggregate(tmp_path, capsys):
+    argv = [*TINY, "--method", "adam", "pgl11", "--eta", "30", "--epochs", "1"]
+    argv += ["--retrain-epochs", "1", "--batch-size", "32"]
+    result = train.main([*argv, "--seeds", "0", "1", "--workdir", str(tmp_path / "both")])
+    table = capsys.readouterr().out
+    assert "mean ± sd over seeds 0 1" in table and " ± " in table
+    assert result["seeds"] == [0, 1] and result["seed"] is None
+    assert [entry["seed"] for entry in result["results"]] == [0, 0, 1, 1]
+    alone = train.main([*argv, "--seed", "1", "--workdir", str(tmp_path / "alone")])
+    strip = lambda h: {k: [{x: v for x, v in e.items() if x != "seconds"} for e in p]
+                       for k, p in h.items()}  # fmt: skip
+    for shared, single in zip(result["results"][2:], alone["results"]):
+        assert shared["summary"] == single["summary"]
+        assert strip(shared["history"]) == strip(single["history"])
+    adam, pgl11 = result["aggregate"]
+    assert adam["method"] == "adam" and adam["maccs_%"] == 100.0
+    values = [entry["summary"]["accuracy_%"] for entry in result["results"][1::2]]
+    assert pgl11["method"] == result["results"][1]["label"] and pgl11["seeds"] == [0, 1]
+    assert pgl11["accuracy_%"] == pytest.approx(np.mean(values), abs=0.006)
+    assert pgl11["accuracy_%_sd"] == pytest.approx(np.std(values, ddof=1), abs=0.006)
+    assert os.path.exists(tmp_path / "both" / "seed1" / "result.json")
+
+
+def test_seeds_must_differ_and_exclude_seed(capsys):
+    with pytest.raises(SystemExit, match="--seeds 0 0 repeats a seed"):
+        train.main([*TINY, "--seeds", "0", "0"])
+    with pytest.raises(SystemExit) as exit_info:
+        train.build_parser().parse_args(["--seed", "1", "--seeds", "2"])
+    assert exit_info.value.code == 2 and "--seeds" in capsys.readouterr().err
 
 
 def test_checkpoints_hold_the_final_weights(tiny_run):
@@ -155,15 +233,16 @@ def test_resume_after_a_kill(tmp_path):
 def test_summarize_prints_the_rows_beside_the_paper(tiny_run, tmp_path, capsys):
     from experiments import summarize
 
-    _, workdir = tiny_run
+    result, workdir = tiny_run
     plot = tmp_path / "plot.png"
     summarize.main([str(workdir / "result.json"), "--paper", "IV", "--plot", str(plot)])
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("| method | acc % | kMACCs")
-    assert lines[2] == "| paper: Adam | 89.9 | 2379 | 100.0 | 3989 | 100.0 | - | Guyard & Barlaud |"
-    pgl11 = "| paper: PGL11 eta=400 | 87.5 | 267 | 11.2 | 131 | 3.3 | - | Guyard & Barlaud |"
-    assert pgl11 in lines
-    assert sum(line.startswith("| adam |") for line in lines) == 1
+    assert lines[0].startswith("| method | seeds | acc % | val % | kMACCs")
+    assert lines[2].startswith("| paper: Adam | - | 89.9 | - | 2379 | 100.0 |")
+    adam = [line for line in lines if line.startswith("| adam |")]
+    assert len(adam) == 1
+    accuracy = result["results"][0]["summary"]["accuracy_%"]
+    assert adam[0].startswith(f"| adam | 1 | {accuracy} |")
     assert any(
         line.startswith("    python -m experiments.train --dataset digits") for line in lines
     )

@@ -192,3 +192,40 @@ def test_out_of_range_labels_raise(tmp_path):
     _write_idx(tmp_path / "train-labels-idx1-ubyte", labels, compress=False)
     with pytest.raises(ValueError, match=r"train-labels.*outside \[0, 9\]"):
         data.load_dataset("mnist", "train", source="idx", data_dir=str(tmp_path))
+
+
+def _indexed(count):
+    """A dataset whose images and labels are the example's index."""
+    index = np.arange(count)
+    images = index.astype(np.float32).reshape(count, 1, 1, 1)
+    return data.ArrayDataset(images, index.astype(np.int32), 10, "test")
+
+
+def test_split_validation_is_a_fixed_partition():
+    train, val = data.split_validation(_indexed(50), 7)
+    assert len(val.labels) == 7 and len(train.labels) == 43
+    assert set(train.labels).isdisjoint(val.labels)
+    assert sorted([*train.labels, *val.labels]) == list(range(50))
+    # Both keep the original order; the same call gives the same split.
+    assert list(train.labels) == sorted(train.labels) and list(val.labels) == sorted(val.labels)
+    np.testing.assert_array_equal(train.images[:, 0, 0, 0], train.labels)
+    again, _ = data.split_validation(_indexed(50), 7)
+    np.testing.assert_array_equal(again.labels, train.labels)
+    # Not simply the first or last examples.
+    assert list(val.labels) not in (list(range(7)), list(range(43, 50)))
+
+
+def test_split_validation_of_zero_keeps_everything():
+    train, val = data.split_validation(_indexed(5), 0)
+    assert list(train.labels) == [0, 1, 2, 3, 4] and len(val.labels) == 0
+
+
+@pytest.mark.parametrize("size", [-1, 5, 6])
+def test_split_validation_rejects_sizes_that_leave_no_training_data(size):
+    with pytest.raises(ValueError, match=f"size must be in \\[0, 5\\).*got {size}"):
+        data.split_validation(_indexed(5), size)
+
+
+def test_default_val_size():
+    assert data.default_val_size("digits") == 143
+    assert data.default_val_size("fashion_mnist") == data.default_val_size("mnist") == 5000
