@@ -1,0 +1,87 @@
+"""Transformations on parameters sharded over 4 and 8 simulated CPU devices.
+
+Each transformation runs two steps on kernels laid out by rows, by columns and on a 2-D grid
+of devices, and is compared with the single-device result; the compiled step's all-gathers
+show whether it gathers whole kernels. The devices are simulated by XLA's host-platform flag,
+which must be set before jax starts: the probe runs in a fresh interpreter.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+PROBE = pathlib.Path(__file__).with_name("_sharded_probe.py")
+TRANSFORMS = (
+    "project_l1",
+    "project_l1_global",
+    "project_l21",
+    "project_l11",
+    "project_l1inf",
+    "project_bilevel_l1inf",
+    "project_nuclear",
+    "project_l111",
+    "prox_l1",
+    "prox_l0",
+    "prune_to_rate",
+    "proximal_rmsprop",
+    "xrda",
+)
+# The transformations whose work is a per-group measure, reductions and an elementwise shrink:
+# on sharded kernels they may exchange per-group statistics, never the kernels themselves.
+LOCAL = (
+    "project_l1",
+    "project_l1_global",
+    "project_l21",
+    "project_bilevel_l1inf",
+    "prox_l1",
+    "prox_l0",
+    "proximal_rmsprop",
+    "xrda",
+)
+
+
+@functools.cache
+def probe(devices: int) -> dict:
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env["JAX_PLATFORMS"] = "cpu"
+    done = subprocess.run(
+        [sys.executable, str(PROBE), str(devices)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {(r["transform"], r["layout"]): r for r in json.loads(done.stdout)}
+
+
+@pytest.mark.parametrize("devices", [4, 8])
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_sharded_matches_single_device(devices, transform):
+    records = [probe(devices)[(transform, layout)] for layout in ("rows", "columns", "grid")]
+    for record in records:
+        assert record["max_diff"] <= 1e-5, record
+        assert record["keeps_sharding"], record
+
+
+@pytest.mark.parametrize("devices", [4, 8])
+@pytest.mark.parametrize("transform", LOCAL)
+def test_local_transforms_gather_no_kernel(devices, transform):
+    for layout in ("rows", "columns", "grid"):
+        record = probe(devices)[(transform, layout)]
+        # Per-group statistics of the smaller kernel are 16-32 numbers; half a kernel is not.
+        assert max(record["all_gathers"], default=0) < min(record["kernel_sizes"]) // 2, record
+
+
+def test_probe_sees_the_gathers_of_an_svd():
+    # The check above must be able to fail: an SVD needs the whole matrix on one device.
+    record = probe(8)[("project_nuclear", "columns")]
+    assert max(record["all_gathers"]) >= min(record["kernel_sizes"])
