@@ -169,6 +169,19 @@ def _digest(value: Any) -> str:
     return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
+def _arrays_digest(*trees: Any) -> str:
+    """A digest of the bytes, shapes and dtypes of every array in ``trees`` (host copies)."""
+    digest = hashlib.sha1()
+    for tree in trees:
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            if training.is_key_array(leaf):
+                leaf = jax.random.key_data(leaf)
+            array = np.ascontiguousarray(np.asarray(leaf))
+            digest.update(f"{jax.tree_util.keystr(path)}:{array.dtype}:{array.shape};".encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()[:12]
+
+
 class Experiment:
     """Runs methods on one model and dataset, sharing phases between them.
 
@@ -181,6 +194,8 @@ class Experiment:
       resume: continue phases from their checkpoints.
       progress: show a progress bar per epoch.
       log: where progress lines go.
+      identity: what else tells this run apart (e.g. ``{"model": "lfc4"}``): mixed into every
+        checkpoint key, with a digest of the data arrays and the initial weights.
     """
 
     def __init__(
@@ -193,6 +208,7 @@ class Experiment:
         resume: bool,
         progress: bool = True,
         log: Callable[[str], None] = print,
+        identity: dict | None = None,
     ):
         self.split = split
         self.data = data
@@ -202,10 +218,20 @@ class Experiment:
         self.progress = progress
         self.log = log
         self._done: dict[str, training.PhaseResult] = {}
-        shared = {"lr": settings.lr, "batch": data.batch_size, "seed": data.seed}
         # Checkpoint directories carry a digest of what determines them, so a workdir reused
-        # with other settings never resumes the wrong run; the dense phase depends on little
-        # and is shared by every method with the same learning rate, batch size and seed.
+        # with other settings never resumes the wrong run. The data and the initial weights
+        # enter as a digest of their bytes: a dataset, data directory, source, subset or split
+        # that changes any example changes every key. The dense phase depends on nothing else
+        # but the learning rate, batch size and seed, and is shared by every method.
+        arrays = (data.train_images, data.train_labels, data.test_images, data.test_labels)
+        shared = {
+            "lr": settings.lr,
+            "batch": data.batch_size,
+            "seed": data.seed,
+            "data": _arrays_digest(*arrays),
+            "init": _arrays_digest(split.params, split.rest),
+            **(identity or {}),
+        }
         self._dense_tag = _digest(shared)
         chosen = _non_default(settings)
         retraining = {name: chosen.pop(name) for name in _RETRAIN_FIELDS if name in chosen}

@@ -14,9 +14,11 @@ it once.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -34,6 +36,7 @@ __all__ = [
     "PhaseResult",
     "SplitModel",
     "TrainState",
+    "atomic_open",
     "evaluate",
     "load_checkpoint",
     "make_train_step",
@@ -173,7 +176,8 @@ def evaluate(split: SplitModel, params: Any, rest: Any, images: np.ndarray, labe
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def _is_key_array(leaf: Any) -> bool:
+def is_key_array(leaf: Any) -> bool:
+    """Whether ``leaf`` is a typed PRNG key array (stored as its raw key data)."""
     return hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
 
 
@@ -182,16 +186,37 @@ def save_checkpoint(path: str, state: Any, meta: dict) -> None:
     atomically: a killed writer leaves the previous checkpoint intact."""
     leaves = jax.tree.leaves(state)
     arrays = {
-        f"leaf{index}": np.asarray(jax.random.key_data(leaf) if _is_key_array(leaf) else leaf)
+        f"leaf{index}": np.asarray(jax.random.key_data(leaf) if is_key_array(leaf) else leaf)
         for index, leaf in enumerate(leaves)
     }
     arrays["meta"] = np.asarray(json.dumps(meta))
-    temporary = path + ".tmp"
-    with open(temporary, "wb") as handle:
+    with atomic_open(path, "wb") as handle:
         np.savez(handle, **arrays)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "w"):
+    """Opens a fresh temporary file beside ``path`` and, when the block ends without an error,
+    renames it onto ``path``: readers see the old file or the whole new one, never a part.
+
+    The temporary name is unique (``tempfile.mkstemp``), so two writers never share one; on an
+    error the temporary file is removed and ``path`` is left as it was.
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 would hide results from others
+        with os.fdopen(descriptor, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+        raise
 
 
 def load_checkpoint(path: str, template: Any) -> tuple[Any, dict]:
@@ -205,7 +230,7 @@ def load_checkpoint(path: str, template: Any) -> tuple[Any, dict]:
         restored = []
         for index, leaf in enumerate(leaves):
             value = stored[f"leaf{index}"]
-            if _is_key_array(leaf):
+            if is_key_array(leaf):
                 value = jax.random.wrap_key_data(value, impl=jax.random.key_impl(leaf))
             elif np.shape(value) != np.shape(leaf):
                 raise ValueError(

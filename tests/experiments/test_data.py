@@ -192,3 +192,20 @@ def test_out_of_range_labels_raise(tmp_path):
     _write_idx(tmp_path / "train-labels-idx1-ubyte", labels, compress=False)
     with pytest.raises(ValueError, match=r"train-labels.*outside \[0, 9\]"):
         data.load_dataset("mnist", "train", source="idx", data_dir=str(tmp_path))
+
+
+def test_a_data_dir_that_is_no_directory_raises(tmp_path):
+    # Not silently replaced by a (mock) download.
+    with tfds.testing.mock_data(num_examples=4), pytest.raises(ValueError, match="not a dir"):
+        data.load_dataset("mnist", "train", data_dir=str(tmp_path / "missing"))
+
+
+def test_tfds_that_cannot_load_says_what_to_do(tmp_path, monkeypatch):
+    def unavailable(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'importlib_resources'")
+
+    monkeypatch.setattr(tfds, "data_source", unavailable)
+    with pytest.raises(ImportError, match=r"install tensorflow-datasets.*idx3-ubyte"):
+        data.load_dataset("mnist", "train", data_dir=str(tmp_path))
+    with pytest.raises(ImportError, match=r"'cifar10'.*install tensorflow-datasets"):
+        data.load_dataset("cifar10", "test")
