@@ -94,9 +94,10 @@ class MethodResult:
 
 
 def _eta_key(eta: Any) -> str:
+    # Exact (repr), not rounded: two radii that differ anywhere are two runs.
     if isinstance(eta, dict):
-        return "-".join(f"{k}={v:g}" for k, v in eta.items()).replace("/", "_")
-    return f"{eta:g}"
+        return "-".join(f"{k}={float(v)!r}" for k, v in eta.items()).replace("/", "_")
+    return repr(float(eta))
 
 
 def _eta_label(eta: Any) -> str:
@@ -350,7 +351,9 @@ class Experiment:
         mask = sparsejax.magnitude_mask(dense.params, sparsity, where=s.layers)
         # No dead-unit pruning here: the baseline keeps exactly the sparsity it is matched to.
         pruned = sparsejax.rewind(dense.params, mask)
-        final = self._finetune(f"magnitude-s{sparsity:.4f}-e{s.epochs}", pruned, dense.rest, mask)
+        final = self._finetune(
+            f"magnitude-s{float(sparsity)!r}-e{s.epochs}", pruned, dense.rest, mask
+        )
         phases = {"dense": dense.history, "retrain": final.history}
         label = f"magnitude sparsity={100 * sparsity:.1f}%{self._retrain_label()}"
         return MethodResult(

@@ -398,9 +398,10 @@ def _open_workdir(args: argparse.Namespace, workdir: str) -> None:
             f"{path} is unreadable ({err}); remove it or choose another --workdir"
         ) from None
     if stored is None and args.resume:
+        named = "" if args.workdir else " (the default --workdir is named after the arguments)"
         raise UsageError(
-            f"--resume: nothing to resume in --workdir {workdir} (it has no {ARGUMENTS_FILE}); "
-            "run without --resume to start the run"
+            f"--resume: nothing to resume in --workdir {workdir}{named}: it has no "
+            f"{ARGUMENTS_FILE}; give the arguments of the run to resume, or drop --resume"
         )
     if stored is not None and stored != current:
         differences = _differences(stored, current)
@@ -568,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     summary["wall_time_s"] = round(time.perf_counter() - started, 1)
     with training.atomic_open(out) as handle:
         json.dump(summary, handle, indent=1, default=_json_default)
-    log(f"wrote {out} ({summary['wall_time_s']:.0f} s)")
+    log(f"wrote {out} ({summary['wall_time_s']:.0f} s); checkpoints: {_size(workdir)} in {workdir}")
     return summary
 
 
@@ -624,6 +625,15 @@ def _summarise(args, argv, experiment, results, data, data_info, model, dense_ma
         "versions": package_versions(),
         "results": entries,
     }
+
+
+def _size(directory: str) -> str:
+    total = sum(
+        os.path.getsize(os.path.join(root, name))
+        for root, _, names in os.walk(directory)
+        for name in names
+    )
+    return f"{total / 2**20:.1f} MB"
 
 
 def _seconds(phases: dict) -> float:

@@ -79,6 +79,21 @@ def test_checkpoints_hold_the_final_weights(tiny_run):
     assert [epoch["epoch"] for epoch in meta["history"]] == [1, 2]
 
 
+def test_finished_phases_keep_no_optimizer_state(tiny_run):
+    from experiments import models
+
+    _, workdir = tiny_run
+    split = training.split_model(models.create_model("lenet300_100", input_shape=(8, 8, 1)))
+    model_leaves = len(jax.tree.leaves(split.params)) + len(jax.tree.leaves(split.rest))
+    phases = [os.path.join(root, "checkpoint.npz") for root, _, names in os.walk(workdir)
+              if "checkpoint.npz" in names]  # fmt: skip
+    assert len(phases) == 4  # dense, pgl11's project and retrain, magnitude's retrain
+    for path in phases:
+        with np.load(path) as stored:
+            assert json.loads(str(stored["meta"]))["finished"] is True
+            assert len(stored.files) == model_leaves + 2  # + the step and the meta
+
+
 def test_checkpoint_round_trip_with_prng_keys(tmp_path):
     state = {"w": jnp.arange(3.0), "key": jax.random.key(3), "n": jnp.int32(7)}
     training.save_checkpoint(str(tmp_path / "c.npz"), state, {"a": 1})
@@ -335,7 +350,10 @@ def test_ctrl_c_says_how_to_continue(tmp_path, monkeypatch, capsys):
 
     with monkeypatch.context() as patch:
         patch.setattr(training, "run_phase", interrupted)
-        line = _error_line([*SMALL, "--workdir", workdir], capsys, status=130)
+        try:
+            line = _error_line([*SMALL, "--workdir", workdir], capsys, status=130)
+        except KeyboardInterrupt:
+            pytest.fail("Ctrl-C escaped main() as a traceback")
     assert "Ctrl-C" in line and workdir in line
     assert line.rstrip().endswith(f"--workdir {workdir} --resume")
     # The lock went with the interrupted run: the suggested command continues it.
@@ -348,3 +366,4 @@ def test_no_progress_bars_off_a_terminal(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "\r" not in captured.err and "it/s" not in captured.err
     assert "epoch 1/1" in captured.out
+    assert f"MB in {tmp_path / 'w'}" in captured.out.splitlines()[-1]

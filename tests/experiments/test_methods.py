@@ -135,3 +135,24 @@ def test_checkpoint_keys_cover_the_data_and_the_model(tiny, tmp_path):
             identity=identity,
         ).dense()
     assert len([d for d in os.listdir(tmp_path) if d.startswith("dense-")]) == len(runs)
+
+
+def test_checkpoint_keys_tell_close_radii_and_sparsities_apart(tiny, tmp_path):
+    split, data, _ = tiny
+    settings = methods.Settings(layers=LAYERS, epochs=1, retrain_epochs=1, schedule="alg1")
+    experiment = methods.Experiment(
+        split,
+        data,
+        settings,
+        workdir=str(tmp_path),
+        resume=True,
+        progress=False,
+        log=lambda _: None,
+    )
+    for eta in (20.0, 20.00001):
+        experiment.projection("pgl11", eta)
+    for sparsity in (0.5, 0.50001):
+        experiment.magnitude(sparsity)
+    names = os.listdir(tmp_path)
+    assert len([name for name in names if name.startswith("pgl11-")]) == 2
+    assert len([name for name in names if name.startswith("magnitude-")]) == 2
