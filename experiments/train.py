@@ -434,9 +434,18 @@ def _check_out(out: str) -> None:
 
 
 def _check_eta(args: argparse.Namespace, params: Any) -> None:
-    """Every ``pattern=radius`` of ``--eta`` must select a constrained kernel of the model
-    (the first matching pattern wins, as in sparsejax)."""
-    paths = [path for path, _ in sparsejax.selected_leaves(params, args.layers)]
+    """``--layers`` must select a parameter of the model, and every ``pattern=radius`` of
+    ``--eta`` one of those (the first matching pattern wins, as in sparsejax)."""
+    try:
+        paths = [path for path, _ in sparsejax.selected_leaves(params, args.layers)]
+    except ValueError:  # it selects nothing
+        paths = []
+    if not paths:
+        kernels = [path for path, _ in sparsejax.selected_leaves(params, None)]
+        raise UsageError(
+            f"--layers {args.layers!r} selects no parameter of --model {args.model}; its "
+            f"kernels are {', '.join(kernels)}"
+        )
     for eta in args.eta:
         if not isinstance(eta, dict):
             continue

@@ -342,6 +342,12 @@ def test_an_eta_naming_no_layer_is_one_line(tmp_path, capsys):
     assert not [d for d in os.listdir(tmp_path / "w") if d.startswith("dense")]
 
 
+def test_layers_selecting_nothing_is_one_line(tmp_path, capsys):
+    argv = [*SMALL, "--method", "pgl11", "--layers", "^conv", "--workdir", str(tmp_path / "w")]
+    line = _error_line(argv, capsys)
+    assert "--layers '^conv'" in line and "fc1/kernel, fc2/kernel, fc3/kernel" in line
+
+
 def test_ctrl_c_says_how_to_continue(tmp_path, monkeypatch, capsys):
     workdir = str(tmp_path / "w")
 
