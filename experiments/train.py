@@ -16,8 +16,9 @@ with every figure, the command, the seed, the package versions and the wall time
 The workdir also keeps the run's arguments (``arguments.json``). ``--resume`` continues only
 the run they describe: with other arguments, or with nothing to resume, it stops with a message.
 Without ``--resume`` the same arguments start the run afresh, and a workdir that holds a run
-with other arguments is refused. A lock (``.lock``, released when the run ends) keeps a second
-run out of a workdir in use. Checkpoints and result files are replaced atomically.
+(a checkpoint or a result) with other arguments is refused. A lock (``.lock``, released when
+the run ends) keeps a second run out of a workdir in use. Checkpoints and result files are
+replaced atomically.
 
 Errors (a bad argument, a missing data directory, an unwritable workdir) are one line on
 stderr and exit status 2; Ctrl-C stops with one line saying how to continue (exit status 130).
@@ -403,7 +404,7 @@ def _open_workdir(args: argparse.Namespace, workdir: str) -> None:
             f"--resume: nothing to resume in --workdir {workdir}{named}: it has no "
             f"{ARGUMENTS_FILE}; give the arguments of the run to resume, or drop --resume"
         )
-    if stored is not None and stored != current:
+    if stored is not None and stored != current and (args.resume or _holds_a_run(workdir)):
         differences = _differences(stored, current)
         if args.resume:
             raise UsageError(
@@ -416,6 +417,14 @@ def _open_workdir(args: argparse.Namespace, workdir: str) -> None:
         )
     with training.atomic_open(path) as handle:
         json.dump(current, handle, indent=1)
+
+
+def _holds_a_run(workdir: str) -> bool:
+    """Whether ``workdir`` has a checkpoint or a result (a run stopped by an error before its
+    first epoch left nothing to protect)."""
+    if os.path.exists(os.path.join(workdir, "result.json")):
+        return True
+    return any("checkpoint.npz" in names for _, _, names in os.walk(workdir))
 
 
 def _check_out(out: str) -> None:

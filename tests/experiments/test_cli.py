@@ -267,6 +267,12 @@ def test_a_workdir_holding_another_run_is_refused(small_run, capsys):
     train.main([*SMALL, "--workdir", str(small_run)])
 
 
+def test_a_run_stopped_before_its_first_epoch_does_not_block_the_workdir(tmp_path, capsys):
+    workdir = str(tmp_path / "w")
+    _error_line([*SMALL, "--data-dir", str(tmp_path / "typo"), "--workdir", workdir], capsys)
+    train.main([*SMALL, "--workdir", workdir])
+
+
 def test_a_workdir_in_use_is_refused(tmp_path, capsys):
     import fcntl
 
