@@ -166,10 +166,28 @@ def _load_digits(split: str) -> ArrayDataset:
     return ArrayDataset(parts[index], parts[2 + index], 10, "sklearn:load_digits")
 
 
-def _load_from_tfds(name: str, split: str, directory: str | None) -> ArrayDataset:
-    import tensorflow_datasets as tfds
+_IDX_NAMES = ("mnist", "fashion_mnist")
 
-    source = tfds.data_source(name, split=split, data_dir=directory)
+
+def _load_from_tfds(name: str, split: str, directory: str | None) -> ArrayDataset:
+    try:
+        import tensorflow_datasets as tfds
+
+        source = tfds.data_source(name, split=split, data_dir=directory)
+    except ImportError as err:
+        # TFDS imports some of its dependencies only here: say what to do, not which module.
+        instead = (
+            f", or give data_dir= a directory holding the {_IDX_PREFIX[split]}-images-idx3-ubyte"
+            f"[.gz] and {_IDX_PREFIX[split]}-labels-idx1-ubyte[.gz] files (none in "
+            f"data_dir={directory!r})"
+            if name in _IDX_NAMES
+            else ""
+        )
+        raise ImportError(
+            f"dataset {name!r} comes from TensorFlow Datasets here, which cannot load ({err}): "
+            f"install tensorflow-datasets and its dependencies (pip install "
+            f"'sparsejax[experiments]'){instead}"
+        ) from err
     examples = [source[i] for i in range(len(source))]
     images = np.stack([example["image"] for example in examples])
     labels = np.asarray([example["label"] for example in examples], dtype=np.int32)
@@ -179,7 +197,7 @@ def _load_from_tfds(name: str, split: str, directory: str | None) -> ArrayDatase
 def _resolve_source(name: str, split: str, data_dir: str | None) -> tuple[str, str | None]:
     if name == "digits":
         return "sklearn", None
-    if name in ("mnist", "fashion_mnist"):
+    if name in _IDX_NAMES:
         if _idx_paths(data_dir, split) is not None:
             return "idx", data_dir
         if data_dir is None and name == "fashion_mnist":
@@ -214,7 +232,10 @@ def load_dataset(
 
     Raises:
       ValueError: on an unknown name, split or source, a source the dataset does not have,
-        missing IDX files, or a non-positive ``limit``.
+        missing IDX files, a ``data_dir`` that is not a directory (IDX datasets; a TFDS
+        directory may be created by the download), or a non-positive ``limit``.
+      ImportError: when the data must come from TensorFlow Datasets and it cannot load; the
+        message says what to install (and, for the IDX datasets, which files would do).
     """
     if name not in DATASETS:
         raise ValueError(f"name must be one of {tuple(DATASETS)}, got {name!r}")
@@ -224,12 +245,18 @@ def load_dataset(
         raise ValueError(f"source must be one of {_SOURCES}, got {source!r}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+    if source != "auto" and (source == "sklearn") != (name == "digits"):
+        raise ValueError(f"source={source!r} does not provide dataset {name!r}")
+    if source == "idx" and name not in _IDX_NAMES:
+        raise ValueError(f"source='idx' does not provide dataset {name!r}")
+    if source in ("auto", "idx") and name in _IDX_NAMES and data_dir is not None:
+        # A mistyped directory must not fall through to a download (TFDS may create it).
+        if not os.path.isdir(data_dir):
+            raise ValueError(
+                f"data_dir={data_dir!r} is not a directory; give the directory of the IDX files"
+            )
     if source == "auto":
         source, data_dir = _resolve_source(name, split, data_dir)
-    if (source == "sklearn") != (name == "digits"):
-        raise ValueError(f"source={source!r} does not provide dataset {name!r}")
-    if source == "idx" and name not in ("mnist", "fashion_mnist"):
-        raise ValueError(f"source='idx' does not provide dataset {name!r}")
     if source == "sklearn":
         dataset = _load_digits(split)
     elif source == "idx":

@@ -94,9 +94,10 @@ class MethodResult:
 
 
 def _eta_key(eta: Any) -> str:
+    # Exact (repr), not rounded: two radii that differ anywhere are two runs.
     if isinstance(eta, dict):
-        return "-".join(f"{k}={v:g}" for k, v in eta.items()).replace("/", "_")
-    return f"{eta:g}"
+        return "-".join(f"{k}={float(v)!r}" for k, v in eta.items()).replace("/", "_")
+    return repr(float(eta))
 
 
 def _eta_label(eta: Any) -> str:
@@ -169,6 +170,19 @@ def _digest(value: Any) -> str:
     return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
+def _arrays_digest(*trees: Any) -> str:
+    """A digest of the bytes, shapes and dtypes of every array in ``trees`` (host copies)."""
+    digest = hashlib.sha1()
+    for tree in trees:
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            if training.is_key_array(leaf):
+                leaf = jax.random.key_data(leaf)
+            array = np.ascontiguousarray(np.asarray(leaf))
+            digest.update(f"{jax.tree_util.keystr(path)}:{array.dtype}:{array.shape};".encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()[:12]
+
+
 class Experiment:
     """Runs methods on one model and dataset, sharing phases between them.
 
@@ -181,6 +195,8 @@ class Experiment:
       resume: continue phases from their checkpoints.
       progress: show a progress bar per epoch.
       log: where progress lines go.
+      identity: what else tells this run apart (e.g. ``{"model": "lfc4"}``): mixed into every
+        checkpoint key, with a digest of the data arrays and the initial weights.
     """
 
     def __init__(
@@ -193,6 +209,7 @@ class Experiment:
         resume: bool,
         progress: bool = True,
         log: Callable[[str], None] = print,
+        identity: dict | None = None,
     ):
         self.split = split
         self.data = data
@@ -202,13 +219,22 @@ class Experiment:
         self.progress = progress
         self.log = log
         self._done: dict[str, training.PhaseResult] = {}
-        shared = {"lr": settings.lr, "batch": data.batch_size, "seed": data.seed}
-        if data.val_labels is not None and len(data.val_labels):
-            # Checkpoints trained on the held-out examples must not be resumed.
-            shared["val"] = len(data.val_labels)
         # Checkpoint directories carry a digest of what determines them, so a workdir reused
-        # with other settings never resumes the wrong run; the dense phase depends on little
-        # and is shared by every method with the same learning rate, batch size and seed.
+        # with other settings never resumes the wrong run. The data and the initial weights
+        # enter as a digest of their bytes: a dataset, data directory, source, subset or split
+        # that changes any example changes every key. The dense phase depends on nothing else
+        # but the learning rate, batch size and seed, and is shared by every method.
+        arrays = (data.train_images, data.train_labels, data.test_images, data.test_labels)
+        if data.val_labels is not None:  # the held-out examples are part of the data too
+            arrays += (data.val_images, data.val_labels)
+        shared = {
+            "lr": settings.lr,
+            "batch": data.batch_size,
+            "seed": data.seed,
+            "data": _arrays_digest(*arrays),
+            "init": _arrays_digest(split.params, split.rest),
+            **(identity or {}),
+        }
         self._dense_tag = _digest(shared)
         chosen = _non_default(settings)
         retraining = {name: chosen.pop(name) for name in _RETRAIN_FIELDS if name in chosen}
@@ -327,7 +353,9 @@ class Experiment:
         mask = sparsejax.magnitude_mask(dense.params, sparsity, where=s.layers)
         # No dead-unit pruning here: the baseline keeps exactly the sparsity it is matched to.
         pruned = sparsejax.rewind(dense.params, mask)
-        final = self._finetune(f"magnitude-s{sparsity:.4f}-e{s.epochs}", pruned, dense.rest, mask)
+        final = self._finetune(
+            f"magnitude-s{float(sparsity)!r}-e{s.epochs}", pruned, dense.rest, mask
+        )
         phases = {"dense": dense.history, "retrain": final.history}
         label = f"magnitude sparsity={100 * sparsity:.1f}%{self._retrain_label()}"
         return MethodResult(

@@ -16,11 +16,22 @@ with every figure, the command, the seed, the package versions and the wall time
 set (``--val-size``, 5,000 examples by default) is held out of the training split: epochs are
 evaluated on it, the test set once per final model, and any choice among rows reads validation
 accuracy only.
+
+The workdir also keeps the run's arguments (``arguments.json``). ``--resume`` continues only
+the run they describe: with other arguments, or with nothing to resume, it stops with a message.
+Without ``--resume`` the same arguments start the run afresh, and a workdir that holds a run
+(a checkpoint or a result) with other arguments is refused. A lock (``.lock``, released when
+the run ends) keeps a second run out of a workdir in use. Checkpoints and result files are
+replaced atomically.
+
+Errors (a bad argument, a missing data directory, an unwritable workdir) are one line on
+stderr and exit status 2; Ctrl-C stops with one line saying how to continue (exit status 130).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -29,6 +40,7 @@ import platform
 import re
 import shlex
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from importlib import metadata
@@ -36,12 +48,21 @@ from typing import Any
 
 import numpy as np
 
+import sparsejax
 from experiments import data as data_lib
 from experiments import methods as methods_lib
 from experiments import models as models_lib
 from experiments import report as report_lib
 from experiments import training
 
+try:  # POSIX; elsewhere runs are not locked
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+PROG = "python -m experiments.train"
+ARGUMENTS_FILE = "arguments.json"
+LOCK_FILE = ".lock"
 DEFAULT_MODEL = {
     "digits": "lenet300_100",
     "mnist": "lfc4",
@@ -69,8 +90,13 @@ def _eta_value(text: str) -> Any:
                 raise ValueError
             return value
         pairs = [item.split("=", 1) for item in text.split(",") if item]
-        return {key: float(value) for key, value in pairs}
-    except ValueError:
+        radii = {key: float(value) for key, value in pairs}
+        for key in radii:
+            re.compile(key)
+        if not all(math.isfinite(value) and value >= 0 for value in radii.values()):
+            raise ValueError
+        return radii
+    except (ValueError, re.error):
         raise argparse.ArgumentTypeError(
             f"--eta takes a non-negative number or 'pattern=radius,...', got {text!r}"
         ) from None
@@ -121,9 +147,16 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Reports a bad argument in one line (not the 20-line usage) with exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.train",
+    parser = _Parser(
+        prog=PROG,
         description=__doc__.split("\n\n")[0],
         formatter_class=_HelpFormatter,
     )
@@ -193,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=_positive, help="default 256 (digits 64)")
     train.add_argument(
         "--epochs",
-        type=_non_negative,
+        type=_positive,
         help="epochs of the dense and of the sparsifying phases (default 8, digits 20)",
     )
     train.add_argument(
@@ -252,6 +285,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class UsageError(Exception):
+    """A bad argument or an unusable file or directory: :func:`main` prints the message as one
+    line on stderr and exits with status 2."""
+
+
+_LOCKED: list = []  # (workdir, open lock file) held by the running main()
+
+
+def _cli_errors(function):
+    """Turns :class:`UsageError` into one line and exit status 2, and Ctrl-C into one line
+    saying how to continue and exit status 130; releases the workdir lock either way."""
+
+    @functools.wraps(function)
+    def wrapper(argv: Sequence[str] | None = None):
+        argv = list(sys.argv[1:] if argv is None else argv)
+        try:
+            return function(argv)
+        except UsageError as err:
+            print(f"{PROG}: error: {err}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        except KeyboardInterrupt:
+            where = f" (checkpoints in {_LOCKED[-1][0]})" if _LOCKED else ""
+            again = shlex.join([*argv, *([] if "--resume" in argv else ["--resume"])])
+            print(
+                f"{PROG}: stopped by Ctrl-C after the last finished epoch{where}; continue "
+                f"with: {PROG} {again}",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise SystemExit(130) from None
+        finally:
+            while _LOCKED:
+                _LOCKED.pop()[1].close()  # closing the file releases its lock
+
+    return wrapper
+
+
 def _complete(args: argparse.Namespace) -> argparse.Namespace:
     """Fills the defaults that depend on other arguments."""
     args.model = args.model or DEFAULT_MODEL[args.dataset]
@@ -265,27 +335,163 @@ def _complete(args: argparse.Namespace) -> argparse.Namespace:
     if args.val_size is None:
         args.val_size = data_lib.default_val_size(args.dataset)
     if args.seeds and len(set(args.seeds)) != len(args.seeds):
-        raise SystemExit(f"--seeds {' '.join(map(str, args.seeds))} repeats a seed")
+        raise UsageError(
+            f"--seeds {' '.join(map(str, args.seeds))} repeats a seed; give each seed once"
+        )
     try:
         re.compile(args.layers)
     except re.error as err:
-        raise SystemExit(
+        raise UsageError(
             f"--layers {args.layers!r} is not a valid regular expression: {err}"
         ) from None
     needs_sparsity = {"magnitude", "sis"} & set(args.method)
     has_projection = set(methods_lib.PROJECTIONS) & set(args.method)
     if needs_sparsity and args.sparsity is None and not has_projection:
-        raise SystemExit(
+        raise UsageError(
             f"--method {' '.join(sorted(needs_sparsity))} needs --sparsity (or a projection "
             "method in the same run, whose sparsity it then matches)"
         )
     return args
 
 
-def run_name(args: argparse.Namespace) -> str:
+def _figure_arguments(args: argparse.Namespace) -> dict:
+    """The arguments that can change a figure (all but :data:`_NOT_IN_NAME`), as JSON types."""
     options = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_IN_NAME}
+    return json.loads(json.dumps(options, default=str))
+
+
+def run_name(args: argparse.Namespace) -> str:
+    options = _figure_arguments(args)
     digest = hashlib.sha1(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()
     return f"{args.model}_{args.dataset}_s{args.seed}_{digest[:8]}"
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _differences(stored: dict, current: dict) -> str:
+    """``--limit-train 64 there, 96 here; ...`` for every argument whose value differs."""
+    missing = "(not recorded)"
+    names = sorted(set(stored) | set(current))
+    return "; ".join(
+        f"{_flag(name)} {json.dumps(stored.get(name, missing))} there, "
+        f"{json.dumps(current.get(name, missing))} here"
+        for name in names
+        if stored.get(name, missing) != current.get(name, missing)
+    )
+
+
+def _lock(workdir: str) -> None:
+    """Takes the workdir's exclusive lock (held until main() returns) or refuses."""
+    path = os.path.join(workdir, LOCK_FILE)
+    try:
+        handle = open(path, "a")
+    except OSError as err:
+        raise UsageError(
+            f"--workdir {workdir}: cannot write there ({err.strerror}); choose a writable directory"
+        ) from None
+    if fcntl is not None:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise UsageError(
+                f"--workdir {workdir} is in use by another run (it holds the lock {path}); "
+                "wait for it to finish or choose another --workdir"
+            ) from None
+    _LOCKED.append((workdir, handle))
+
+
+def _open_workdir(args: argparse.Namespace, workdir: str) -> None:
+    """Creates and locks ``workdir``, and checks it against ``--resume`` and the stored
+    arguments: resume only the run they describe, never overwrite another one."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as err:
+        raise UsageError(
+            f"--workdir {workdir}: cannot create it ({err.strerror}); choose a writable directory"
+        ) from None
+    _lock(workdir)
+    path = os.path.join(workdir, ARGUMENTS_FILE)
+    current = _figure_arguments(args)
+    try:
+        with open(path) as handle:
+            stored = json.load(handle)
+    except FileNotFoundError:
+        stored = None
+    except (OSError, ValueError) as err:
+        raise UsageError(
+            f"{path} is unreadable ({err}); remove it or choose another --workdir"
+        ) from None
+    if stored is None and args.resume:
+        named = "" if args.workdir else " (the default --workdir is named after the arguments)"
+        raise UsageError(
+            f"--resume: nothing to resume in --workdir {workdir}{named}: it has no "
+            f"{ARGUMENTS_FILE}; give the arguments of the run to resume, or drop --resume"
+        )
+    if stored is not None and stored != current and (args.resume or _holds_a_run(workdir)):
+        differences = _differences(stored, current)
+        if args.resume:
+            raise UsageError(
+                f"--resume: --workdir {workdir} holds a run with other arguments ({differences});"
+                " resume with its arguments, or drop --resume and choose another --workdir"
+            )
+        raise UsageError(
+            f"--workdir {workdir} holds another run ({differences}); choose another --workdir, "
+            "or delete that one"
+        )
+    with training.atomic_open(path) as handle:
+        json.dump(current, handle, indent=1)
+
+
+def _holds_a_run(workdir: str) -> bool:
+    """Whether ``workdir`` has a checkpoint or a result (a run stopped by an error before its
+    first epoch left nothing to protect)."""
+    if os.path.exists(os.path.join(workdir, "result.json")):
+        return True
+    return any("checkpoint.npz" in names for _, _, names in os.walk(workdir))
+
+
+def _check_out(out: str) -> None:
+    """Fails now, not after the training, when the result file cannot be written."""
+    directory = os.path.dirname(os.path.abspath(out))
+    if os.path.isdir(out):
+        raise UsageError(f"--out {out} is a directory; give the path of the result JSON file")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as err:
+        raise UsageError(
+            f"--out {out}: cannot write there ({err.strerror}); choose a writable path"
+        ) from None
+
+
+def _check_eta(args: argparse.Namespace, params: Any) -> None:
+    """``--layers`` must select a parameter of the model, and every ``pattern=radius`` of
+    ``--eta`` one of those (the first matching pattern wins, as in sparsejax)."""
+    try:
+        paths = [path for path, _ in sparsejax.selected_leaves(params, args.layers)]
+    except ValueError:  # it selects nothing
+        paths = []
+    if not paths:
+        kernels = [path for path, _ in sparsejax.selected_leaves(params, None)]
+        raise UsageError(
+            f"--layers {args.layers!r} selects no parameter of --model {args.model}; its "
+            f"kernels are {', '.join(kernels)}"
+        )
+    for eta in args.eta:
+        if not isinstance(eta, dict):
+            continue
+        used = {next((p for p in eta if re.search(p, path)), None) for path in paths}
+        unused = [pattern for pattern in eta if pattern not in used]
+        if unused:
+            raise UsageError(
+                f"--eta {','.join(f'{k}={v:g}' for k, v in eta.items())}: {unused} "
+                f"name(s) no constrained layer of --model {args.model}; the constrained layers "
+                f"(--layers {args.layers!r}) are {', '.join(paths)}"
+            )
 
 
 def package_versions() -> dict:
@@ -301,10 +507,22 @@ def package_versions() -> dict:
 
 def _load_data(args) -> tuple[training.TrainData, dict]:
     options = {"data_dir": args.data_dir, "source": args.source}
-    train = data_lib.load_dataset(args.dataset, "train", **options)
-    test = data_lib.load_dataset(args.dataset, "test", limit=args.limit_test, **options)
+    if args.data_dir is not None and not os.path.isdir(args.data_dir):
+        raise UsageError(
+            f"--data-dir {args.data_dir}: no such directory; give the directory of the IDX "
+            "files (or the TFDS data directory)"
+        )
+    try:
+        train = data_lib.load_dataset(args.dataset, "train", **options)
+        test = data_lib.load_dataset(args.dataset, "test", limit=args.limit_test, **options)
+    except (ValueError, ImportError, OSError) as err:
+        where = f"--data-dir {args.data_dir}" if args.data_dir else "no --data-dir"
+        message = " ".join(str(err).split())  # one line
+        raise UsageError(
+            f"--dataset {args.dataset} ({where}, --source {args.source}): {message}"
+        ) from None
     if args.val_size >= len(train.labels):
-        raise SystemExit(
+        raise UsageError(
             f"--val-size {args.val_size} must be smaller than the {len(train.labels)} training "
             f"examples of {args.dataset}"
         )
@@ -354,26 +572,29 @@ def _run_methods(args, experiment: methods_lib.Experiment) -> list[methods_lib.M
     return results
 
 
+@_cli_errors
 def main(argv: Sequence[str] | None = None) -> dict:
     started = time.perf_counter()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _complete(build_parser().parse_args(argv))
     log = (lambda message: None) if args.quiet else (lambda message: print(message, flush=True))
     workdir = args.workdir or os.path.join("runs", run_name(args))
+    out = args.out or os.path.join(workdir, "result.json")
+    _open_workdir(args, workdir)
+    _check_out(out)
     if args.seeds:
         summary = _run_seeds(args, argv, workdir, log)
     else:
         summary = _run(args, argv, workdir, log)
     summary["wall_time_s"] = round(time.perf_counter() - started, 1)
-    out = args.out or os.path.join(workdir, "result.json")
     _write(out, summary)
-    log(f"wrote {out} ({summary['wall_time_s']:.0f} s)")
+    log(f"wrote {out} ({summary['wall_time_s']:.0f} s); checkpoints: {_size(workdir)} in {workdir}")
     return summary
 
 
 def _write(path: str, summary: dict) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as handle:
+    with training.atomic_open(path) as handle:
         json.dump(summary, handle, indent=1, default=_json_default)
 
 
@@ -388,6 +609,7 @@ def _run(args, argv, workdir, log, show=print) -> dict:
     )
     dense_maccs = models_lib.count_maccs(model, input_shape)
     split = training.split_model(model)
+    _check_eta(args, split.params)
     settings = methods_lib.Settings(
         layers=args.layers,
         lr=args.lr,
@@ -412,7 +634,15 @@ def _run(args, argv, workdir, log, show=print) -> dict:
         f"checkpoints in {workdir}"
     )
     experiment = methods_lib.Experiment(
-        split, data, settings, workdir=workdir, resume=args.resume, progress=not args.quiet, log=log
+        split,
+        data,
+        settings,
+        workdir=workdir,
+        resume=args.resume,
+        # Bars only on a terminal: in a log file they are junk (the epoch lines remain).
+        progress=not args.quiet and sys.stderr.isatty(),
+        log=log,
+        identity={"model": args.model},
     )
     results = _run_methods(args, experiment)
     return _summarise(args, argv, experiment, results, data, data_info, model, dense_maccs, show)
@@ -536,6 +766,15 @@ def _summarise(
         "results": entries,
         "selected_on_validation": selected,
     }
+
+
+def _size(directory: str) -> str:
+    total = sum(
+        os.path.getsize(os.path.join(root, name))
+        for root, _, names in os.walk(directory)
+        for name in names
+    )
+    return f"{total / 2**20:.1f} MB"
 
 
 def _seconds(phases: dict) -> float:

@@ -6,17 +6,20 @@ An NNX model is split once into a static graph and plain nested dicts of arrays:
 model's, with no per-call graph traversal.
 
 A training *phase* is an optimizer run for some epochs from given parameters. After every epoch
-:func:`run_phase` writes one checkpoint (params, rest, optimizer state, epoch, history) with an
-atomic rename; with ``resume=True`` it continues from the last finished epoch. A finished phase
-is recognised and not run again, so methods that share a phase (the dense pre-training) pay for
-it once.
+:func:`run_phase` replaces the phase's one checkpoint (params, rest, optimizer state, epoch,
+history) with an atomic rename; with ``resume=True`` it continues from the last finished epoch.
+A finished phase is recognised and not run again, so methods that share a phase (the dense
+pre-training) pay for it once; its checkpoint drops the optimizer state, which nothing needs
+any more (for Adam, two thirds of the bytes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -34,6 +37,7 @@ __all__ = [
     "PhaseResult",
     "SplitModel",
     "TrainState",
+    "atomic_open",
     "evaluate",
     "load_checkpoint",
     "make_train_step",
@@ -173,7 +177,8 @@ def evaluate(split: SplitModel, params: Any, rest: Any, images: np.ndarray, labe
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def _is_key_array(leaf: Any) -> bool:
+def is_key_array(leaf: Any) -> bool:
+    """Whether ``leaf`` is a typed PRNG key array (stored as its raw key data)."""
     return hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
 
 
@@ -182,16 +187,42 @@ def save_checkpoint(path: str, state: Any, meta: dict) -> None:
     atomically: a killed writer leaves the previous checkpoint intact."""
     leaves = jax.tree.leaves(state)
     arrays = {
-        f"leaf{index}": np.asarray(jax.random.key_data(leaf) if _is_key_array(leaf) else leaf)
+        f"leaf{index}": np.asarray(jax.random.key_data(leaf) if is_key_array(leaf) else leaf)
         for index, leaf in enumerate(leaves)
     }
     arrays["meta"] = np.asarray(json.dumps(meta))
-    temporary = path + ".tmp"
-    with open(temporary, "wb") as handle:
+    with atomic_open(path, "wb") as handle:
         np.savez(handle, **arrays)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "w"):
+    """Opens a fresh temporary file beside ``path`` and, when the block ends without an error,
+    renames it onto ``path``: readers see the old file or the whole new one, never a part.
+
+    The temporary name is unique (``tempfile.mkstemp``), so two writers never share one; on an
+    error the temporary file is removed and ``path`` is left as it was.
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 would hide results from others
+        with os.fdopen(descriptor, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+        raise
+
+
+def _read_meta(path: str) -> dict:
+    with np.load(path) as stored:
+        return json.loads(str(stored["meta"]))
 
 
 def load_checkpoint(path: str, template: Any) -> tuple[Any, dict]:
@@ -205,7 +236,7 @@ def load_checkpoint(path: str, template: Any) -> tuple[Any, dict]:
         restored = []
         for index, leaf in enumerate(leaves):
             value = stored[f"leaf{index}"]
-            if _is_key_array(leaf):
+            if is_key_array(leaf):
                 value = jax.random.wrap_key_data(value, impl=jax.random.key_impl(leaf))
             elif np.shape(value) != np.shape(leaf):
                 raise ValueError(
@@ -274,7 +305,9 @@ def run_phase(
     path = os.path.join(workdir, phase.key, "checkpoint.npz") if workdir else None
     history: list = []
     if path and resume and os.path.exists(path):
-        state, meta = load_checkpoint(path, state)
+        finished = _read_meta(path).get("finished", False)
+        template = state._replace(opt_state=None) if finished else state
+        state, meta = load_checkpoint(path, template)
         history = meta["history"]
         log(f"[{phase.key}] resumed after epoch {len(history)}/{phase.epochs}")
     elif path:
@@ -322,5 +355,7 @@ def run_phase(
             f"{name} acc {100 * accuracy:.2f}%  ({seconds:.1f} s)"
         )
         if path:
-            save_checkpoint(path, state, {"history": history})
+            last = epoch + 1 == phase.epochs
+            kept = state._replace(opt_state=None) if last else state
+            save_checkpoint(path, kept, {"history": history, "finished": last})
     return PhaseResult(state.params, state.rest, history)

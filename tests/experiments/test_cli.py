@@ -111,9 +111,9 @@ def test_val_size_zero_evaluates_epochs_on_the_test_set(tmp_path):
 def test_val_size_must_leave_training_examples(capsys):
     with pytest.raises(SystemExit) as exit_info:
         train.main([*TINY, "--val-size", "1437"])
-    message = str(exit_info.value)
-    assert message.startswith("--val-size 1437") and "1437 training examples" in message
-    assert "\n" not in message
+    message = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message.count("\n") == 1
+    assert "error: --val-size 1437" in message and "1437 training examples" in message
 
 
 def test_seeds_run_independently_and_aggregate(tmp_path, capsys):
@@ -140,8 +140,9 @@ def test_seeds_run_independently_and_aggregate(tmp_path, capsys):
 
 
 def test_seeds_must_differ_and_exclude_seed(capsys):
-    with pytest.raises(SystemExit, match="--seeds 0 0 repeats a seed"):
+    with pytest.raises(SystemExit) as exit_info:
         train.main([*TINY, "--seeds", "0", "0"])
+    assert exit_info.value.code == 2 and "--seeds 0 0 repeats a seed" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         train.build_parser().parse_args(["--seed", "1", "--seeds", "2"])
     assert exit_info.value.code == 2 and "--seeds" in capsys.readouterr().err
@@ -155,6 +156,21 @@ def test_checkpoints_hold_the_final_weights(tiny_run):
     with np.load(path) as stored:
         meta = json.loads(str(stored["meta"]))
     assert [epoch["epoch"] for epoch in meta["history"]] == [1, 2]
+
+
+def test_finished_phases_keep_no_optimizer_state(tiny_run):
+    from experiments import models
+
+    _, workdir = tiny_run
+    split = training.split_model(models.create_model("lenet300_100", input_shape=(8, 8, 1)))
+    model_leaves = len(jax.tree.leaves(split.params)) + len(jax.tree.leaves(split.rest))
+    phases = [os.path.join(root, "checkpoint.npz") for root, _, names in os.walk(workdir)
+              if "checkpoint.npz" in names]  # fmt: skip
+    assert len(phases) == 4  # dense, pgl11's project and retrain, magnitude's retrain
+    for path in phases:
+        with np.load(path) as stored:
+            assert json.loads(str(stored["meta"]))["finished"] is True
+            assert len(stored.files) == model_leaves + 2  # + the step and the meta
 
 
 def test_checkpoint_round_trip_with_prng_keys(tmp_path):
@@ -173,14 +189,19 @@ def test_checkpoint_round_trip_with_prng_keys(tmp_path):
         training.load_checkpoint(str(tmp_path / "c.npz"), {**template, "w": jnp.zeros(4)})
 
 
-def test_bad_arguments_exit_with_a_message(capsys):
-    with pytest.raises(SystemExit):
-        train.main(["--eta", "-3"])
-    assert "--eta" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="--sparsity"):
-        train.main(["--method", "magnitude"])
-    with pytest.raises(SystemExit, match="--layers"):
-        train.main(["--layers", "fc[1"])
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--eta", "-3"], "--eta"),
+        (["--eta", "fc1=-3"], "--eta"),
+        (["--eta", "fc[1=3"], "--eta"),
+        (["--epochs", "0"], "--epochs"),
+        (["--method", "magnitude"], "--sparsity"),
+        (["--layers", "fc[1"], "--layers"),
+    ],
+)
+def test_bad_arguments_exit_with_one_line_and_status_2(argv, named, capsys):
+    assert named in _error_line(argv, capsys)
 
 
 def _checkpointed_epochs(workdir):
@@ -271,3 +292,170 @@ def test_bad_learning_rate_exits_with_status_2(value, capsys):
         train.build_parser().parse_args(["--lr", value])
     assert exit_info.value.code == 2
     assert "--lr" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- errors and runs
+
+SMALL = [*TINY[:2], "--limit-train", "64", "--limit-test", "32", "--epochs", "1"]
+SMALL += ["--method", "adam", "--batch-size", "32", "--quiet"]
+
+
+def _error_line(argv, capsys, status=2):
+    """Runs the CLI expecting an error: returns its message, checked to be one stderr line."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(argv)
+    assert exit_info.value.code == status
+    err = capsys.readouterr().err
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.fixture
+def small_run(tmp_path):
+    workdir = tmp_path / "run"
+    train.main([*SMALL, "--workdir", str(workdir)])
+    return workdir
+
+
+def test_resume_with_other_arguments_refuses_and_names_them(small_run, capsys):
+    changed = [*SMALL, "--workdir", str(small_run), "--resume"]
+    changed[changed.index("64")] = "96"
+    changed[changed.index("--batch-size") + 1] = "16"
+    line = _error_line(changed, capsys)
+    assert "--resume" in line and str(small_run) in line
+    assert "--limit-train 64 there, 96 here" in line
+    assert "--batch-size 32 there, 16 here" in line and "--epochs" not in line
+
+
+def test_resume_with_the_same_arguments_continues(small_run, capsys):
+    # Notices are on: --quiet changes no figure, so it may differ from the stored run.
+    loud = [arg for arg in SMALL if arg != "--quiet"]
+    train.main([*loud, "--workdir", str(small_run), "--resume"])
+    assert "resumed after epoch 1/1" in capsys.readouterr().out
+
+
+def test_resume_with_nothing_to_resume_says_so(tmp_path, capsys):
+    line = _error_line([*SMALL, "--workdir", str(tmp_path / "new"), "--resume"], capsys)
+    assert "nothing to resume" in line and str(tmp_path / "new") in line
+
+
+def test_a_workdir_holding_another_run_is_refused(small_run, capsys):
+    line = _error_line([*SMALL, "--workdir", str(small_run), "--seed", "1"], capsys)
+    assert str(small_run) in line and "--seed 0 there, 1 here" in line
+    # The same arguments without --resume start the run afresh.
+    train.main([*SMALL, "--workdir", str(small_run)])
+
+
+def test_a_run_stopped_before_its_first_epoch_does_not_block_the_workdir(tmp_path, capsys):
+    workdir = str(tmp_path / "w")
+    _error_line([*SMALL, "--data-dir", str(tmp_path / "typo"), "--workdir", workdir], capsys)
+    train.main([*SMALL, "--workdir", workdir])
+
+
+def test_a_workdir_in_use_is_refused(tmp_path, capsys):
+    import fcntl
+
+    workdir = tmp_path / "busy"
+    workdir.mkdir()
+    with open(workdir / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        line = _error_line([*SMALL, "--workdir", str(workdir)], capsys)
+    assert "in use" in line and str(workdir) in line
+    assert not (workdir / "result.json").exists()
+
+
+def test_result_json_is_replaced_atomically(tmp_path, monkeypatch):
+    out = tmp_path / "result.json"
+    out.write_text('{"old": 1}')
+    summary = {"fine": 1, "not json": object()}
+    monkeypatch.setattr(train, "_summarise", lambda *args: dict(summary))
+    with pytest.raises(TypeError):
+        train.main([*SMALL, "--workdir", str(tmp_path / "w"), "--out", str(out)])
+    assert out.read_text() == '{"old": 1}'
+    assert sorted(os.listdir(tmp_path)) == ["result.json", "w"]
+
+
+def test_checkpoint_writes_use_their_own_temporary_file(tmp_path):
+    path = tmp_path / "checkpoint.npz"
+    other = tmp_path / "checkpoint.npz.tmp"  # another writer's temporary file
+    other.write_text("someone else's")
+    training.save_checkpoint(str(path), {"w": jnp.ones(2)}, {"a": 1})
+    assert other.read_text() == "someone else's"
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.npz", "checkpoint.npz.tmp"]
+
+
+@pytest.mark.parametrize("where", ["/proc/x", "file/x"])
+def test_an_unwritable_workdir_is_one_line(where, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    workdir = where if where.startswith("/") else str(tmp_path / where)
+    line = _error_line([*SMALL, "--workdir", workdir], capsys)
+    assert f"--workdir {workdir}" in line
+
+
+def test_an_unwritable_out_is_refused_before_training(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    out = str(tmp_path / "file" / "result.json")
+    line = _error_line([*SMALL, "--workdir", str(tmp_path / "w"), "--out", out], capsys)
+    assert f"--out {out}" in line
+    assert not [d for d in os.listdir(tmp_path / "w") if d.startswith("dense")]
+
+
+def test_a_missing_data_dir_is_one_line(tmp_path, capsys):
+    missing = str(tmp_path / "no-such-dir")
+    argv = ["--dataset", "mnist", "--data-dir", missing, "--workdir", str(tmp_path / "w")]
+    line = _error_line(argv, capsys)
+    assert f"--data-dir {missing}" in line and "directory" in line
+
+
+def test_mnist_without_data_says_what_to_do(tmp_path, monkeypatch, capsys):
+    import tensorflow_datasets as tfds
+
+    def unavailable(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'importlib_resources'")
+
+    monkeypatch.setattr(tfds, "data_source", unavailable)
+    line = _error_line(["--dataset", "mnist", "--workdir", str(tmp_path / "w")], capsys)
+    assert "--dataset mnist" in line and "--data-dir" in line
+    assert "train-images-idx3-ubyte" in line and "tensorflow-datasets" in line
+
+
+def test_an_eta_naming_no_layer_is_one_line(tmp_path, capsys):
+    argv = [*SMALL, "--method", "pgl11", "--eta", "fc1=30,fc9=20"]
+    line = _error_line([*argv, "--workdir", str(tmp_path / "w")], capsys)
+    assert "--eta" in line and "'fc9'" in line and "'fc1'" not in line
+    assert "fc1/kernel, fc2/kernel" in line
+    assert not [d for d in os.listdir(tmp_path / "w") if d.startswith("dense")]
+
+
+def test_layers_selecting_nothing_is_one_line(tmp_path, capsys):
+    argv = [*SMALL, "--method", "pgl11", "--layers", "^conv", "--workdir", str(tmp_path / "w")]
+    line = _error_line(argv, capsys)
+    assert "--layers '^conv'" in line and "fc1/kernel, fc2/kernel, fc3/kernel" in line
+
+
+def test_ctrl_c_says_how_to_continue(tmp_path, monkeypatch, capsys):
+    workdir = str(tmp_path / "w")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "run_phase", interrupted)
+        try:
+            line = _error_line([*SMALL, "--workdir", workdir], capsys, status=130)
+        except KeyboardInterrupt:
+            pytest.fail("Ctrl-C escaped main() as a traceback")
+    assert "Ctrl-C" in line and workdir in line
+    assert line.rstrip().endswith(f"--workdir {workdir} --resume")
+    # The lock went with the interrupted run: the suggested command continues it.
+    train.main([*SMALL, "--workdir", workdir, "--resume"])
+
+
+def test_no_progress_bars_off_a_terminal(tmp_path, capsys):
+    loud = [arg for arg in SMALL if arg != "--quiet"]
+    train.main([*loud, "--workdir", str(tmp_path / "w")])
+    captured = capsys.readouterr()
+    assert "\r" not in captured.err and "it/s" not in captured.err
+    assert "epoch 1/1" in captured.out
+    assert f"MB in {tmp_path / 'w'}" in captured.out.splitlines()[-1]

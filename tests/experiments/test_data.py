@@ -229,3 +229,20 @@ def test_split_validation_rejects_sizes_that_leave_no_training_data(size):
 def test_default_val_size():
     assert data.default_val_size("digits") == 143
     assert data.default_val_size("fashion_mnist") == data.default_val_size("mnist") == 5000
+
+
+def test_a_data_dir_that_is_no_directory_raises(tmp_path):
+    # Not silently replaced by a (mock) download.
+    with tfds.testing.mock_data(num_examples=4), pytest.raises(ValueError, match="not a dir"):
+        data.load_dataset("mnist", "train", data_dir=str(tmp_path / "missing"))
+
+
+def test_tfds_that_cannot_load_says_what_to_do(tmp_path, monkeypatch):
+    def unavailable(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'importlib_resources'")
+
+    monkeypatch.setattr(tfds, "data_source", unavailable)
+    with pytest.raises(ImportError, match=r"install tensorflow-datasets.*idx3-ubyte"):
+        data.load_dataset("mnist", "train", data_dir=str(tmp_path))
+    with pytest.raises(ImportError, match=r"'cifar10'.*install tensorflow-datasets"):
+        data.load_dataset("cifar10", "test")

@@ -1,6 +1,7 @@
 """experiments.methods: the schedules' semantics and the dead-unit mask, on tiny data."""
 
 import dataclasses
+import os
 
 import jax
 import numpy as np
@@ -107,3 +108,51 @@ def test_retraining_keeps_the_projected_zeros(tiny, schedule):
 def test_magnitude_prunes_the_requested_fraction(tiny):
     result = _experiment(tiny).magnitude(0.9)
     assert methods.selected_sparsity(result.params, LAYERS) == pytest.approx(0.9, abs=1e-3)
+
+
+def test_checkpoint_keys_cover_the_data_and_the_model(tiny, tmp_path):
+    """Other data (another subset, dataset or split) or another model never resumes a phase
+    of this one, even in the same workdir."""
+    split, data, _ = tiny
+    settings = methods.Settings(layers=LAYERS, epochs=1, retrain_epochs=1)
+    fewer = dataclasses.replace(data, train_images=data.train_images[:96])
+    fewer = dataclasses.replace(fewer, train_labels=data.train_labels[:96])
+    other_test = dataclasses.replace(data, test_images=data.test_images[::-1])
+    other_init = training.split_model(
+        models.create_model("lenet300_100", input_shape=(8, 8, 1), seed=1)
+    )
+    runs = [(split, data, None), (split, fewer, None), (split, other_test, None)]
+    runs += [(other_init, data, None), (split, data, {"model": "another"})]
+    for run_split, run_data, identity in runs:
+        methods.Experiment(
+            run_split,
+            run_data,
+            settings,
+            workdir=str(tmp_path),
+            resume=True,
+            progress=False,
+            log=lambda _: None,
+            identity=identity,
+        ).dense()
+    assert len([d for d in os.listdir(tmp_path) if d.startswith("dense-")]) == len(runs)
+
+
+def test_checkpoint_keys_tell_close_radii_and_sparsities_apart(tiny, tmp_path):
+    split, data, _ = tiny
+    settings = methods.Settings(layers=LAYERS, epochs=1, retrain_epochs=1, schedule="alg1")
+    experiment = methods.Experiment(
+        split,
+        data,
+        settings,
+        workdir=str(tmp_path),
+        resume=True,
+        progress=False,
+        log=lambda _: None,
+    )
+    for eta in (20.0, 20.00001):
+        experiment.projection("pgl11", eta)
+    for sparsity in (0.5, 0.50001):
+        experiment.magnitude(sparsity)
+    names = os.listdir(tmp_path)
+    assert len([name for name in names if name.startswith("pgl11-")]) == 2
+    assert len([name for name in names if name.startswith("magnitude-")]) == 2
