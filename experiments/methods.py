@@ -170,7 +170,7 @@ def _digest(value: Any) -> str:
     return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def _arrays_digest(*trees: Any) -> str:
+def arrays_digest(*trees: Any) -> str:
     """A digest of the bytes, shapes and dtypes of every array in ``trees`` (host copies)."""
     digest = hashlib.sha1()
     for tree in trees:
@@ -231,8 +231,8 @@ class Experiment:
             "lr": settings.lr,
             "batch": data.batch_size,
             "seed": data.seed,
-            "data": _arrays_digest(*arrays),
-            "init": _arrays_digest(split.params, split.rest),
+            "data": arrays_digest(*arrays),
+            "init": arrays_digest(split.params, split.rest),
             **(identity or {}),
         }
         self._dense_tag = _digest(shared)

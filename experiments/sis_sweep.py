@@ -34,6 +34,7 @@ from flax import nnx
 
 import sparsejax
 from experiments import data as data_lib
+from experiments import methods as methods_lib
 from experiments import models as models_lib
 from experiments import training
 
@@ -94,13 +95,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def train_dense(args, split, data) -> training.PhaseResult:
-    phase = training.Phase(
-        f"{args.model}-dense-e{args.epochs}-lr{args.lr:g}-b{args.batch}-s{args.seed}",
+def dense_phase(args, split, data) -> training.Phase:
+    """The dense Adam phase, named by everything that determines its checkpoint."""
+    # The digest of the data and of the initial weights keeps a cached checkpoint of another
+    # dataset, subset or model from being reused.
+    arrays = (data.train_images, data.train_labels, data.test_images, data.test_labels)
+    digest = methods_lib.arrays_digest(*arrays, split.params, split.rest)[:8]
+    return training.Phase(
+        f"{args.model}-dense-e{args.epochs}-lr{args.lr!r}-b{args.batch}-s{args.seed}-{digest}",
         args.epochs,
         lambda _: optax.adam(args.lr),
         label="dense",
     )
+
+
+def train_dense(args, split, data) -> training.PhaseResult:
+    phase = dense_phase(args, split, data)
     workdir = os.path.join(args.workdir, args.model)
     return training.run_phase(
         phase, split, split.params, split.rest, data, workdir=workdir, resume=True, progress=False
