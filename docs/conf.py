@@ -22,7 +22,9 @@ import sys
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
-# The tutorials are executed at build time: keep them on the CPU and quiet.
+# The executed pages run in Jupyter kernels, which inherit this environment: they import the
+# checkout that autodoc documents, on the CPU, with matplotlib off screen.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
