@@ -22,7 +22,9 @@ import sys
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
-# The tutorials are executed at build time: keep them on the CPU and quiet.
+# The executed pages run in Jupyter kernels, which inherit this environment: they import the
+# checkout that autodoc documents, on the CPU, with matplotlib off screen.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -34,7 +36,7 @@ sys.modules.setdefault("sparsejax.plots", sparsejax.plots)
 
 project = "sparsejax"
 author = "the sparsejax authors"
-copyright = "2026, the sparsejax authors"  # noqa: A001
+copyright = "2026, the sparsejax authors"
 release = sparsejax.__version__
 version = release
 
@@ -123,9 +125,8 @@ def _autosummary(module: str, names: list[str]) -> str:
     return "\n".join(lines + [f"   {name}" for name in names]) + "\n"
 
 
-def generate_api_pages(app=None) -> None:
-    """Write ``api/<module>.rst`` for every public module (run when the builder starts)."""
-    api = HERE / "api"
+def generate_api_pages(api: pathlib.Path = HERE / "api") -> None:
+    """Writes ``api/<module>.rst`` for every public module (run when this file is read)."""
     api.mkdir(exist_ok=True)
     top = {name: getattr(sparsejax, name) for name in sparsejax.__all__}
     top_names = {name for name in top if not inspect.ismodule(top[name]) and name[0] != "_"}

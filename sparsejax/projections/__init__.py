@@ -11,7 +11,7 @@ them).
 function                          set / operator                                      exact?
 ================================  ==================================================  =========
 :func:`l1_ball`                   :math:`\|w\|_1 \le r` for each 1-D slice            yes
-:func:`l1_threshold`              the threshold :math:`\theta` behind :func:`l1_ball` yes
+:func:`l1_threshold`              the threshold :math:`\theta` of :func:`l1_ball`     yes
 :func:`l21_ball`                  :math:`\sum_i \|w_i\|_2 \le \eta` (group lasso)     yes
 :func:`l11_ball`                  bi-level :math:`\ell_{1,1}` (Guyard & Barlaud)      bi-level
 :func:`l111_ball`                 nested bi-level :math:`\ell_{1,1,1,\dots}`           bi-level
