@@ -63,3 +63,20 @@ def test_the_api_pages_are_in_the_toctree(tmp_path):
     for module_name in MODULES:
         assert f"   {module_name}\n" in pages["index"] + "\n"
     assert "api/index" in (ROOT / "docs" / "index.md").read_text()
+
+
+def _public_objects():
+    for module_name in MODULES:
+        module = importlib.import_module(module_name)
+        yield module_name, module
+        for name in module.__all__:
+            yield f"{module_name}.{name}", getattr(module, name)
+
+
+def test_docstrings_hold_no_control_characters():
+    # A "\t" or "\f" in a non-raw docstring becomes a tab or form feed: "\text" renders as
+    # "<TAB>ext" and the Sphinx build fails.
+    for where, obj in _public_objects():
+        doc = getattr(obj, "__doc__", None) or ""
+        bad = sorted({repr(c) for c in doc if ord(c) < 32 and c not in "\n"})
+        assert not bad, f"{where}'s docstring holds {', '.join(bad)}"

@@ -182,9 +182,10 @@ def prox_coupled_tree(params, lam, groups, *, penalty="l1", step=1.0, side="inpu
     (Formanek & Hadházi):
 
     .. math::
-                ext{l1: } w_g \max\!\Big(1 - rac{\lambda\mu}{\|w_g\|_2}, 0\Big), \quad
-                ext{l0: } w_g\,[\|w_g\|_2^2 > 2\lambda\mu], \quad
-                ext{rate: zero the } \operatorname{round}(\lambda G) 	ext{ smallest } \|w_g\|_2 .
+
+       \text{l1: } w_g \max\!\Big(1 - \frac{\lambda\mu}{\|w_g\|_2}, 0\Big), \quad
+       \text{l0: } w_g\,[\|w_g\|_2^2 > 2\lambda\mu], \quad
+       \text{rate: zero the } \operatorname{round}(\lambda G) \text{ smallest } \|w_g\|_2 .
 
     Args:
       params: the parameter tree.
