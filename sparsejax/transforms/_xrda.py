@@ -25,7 +25,7 @@ import optax
 
 from sparsejax.prox import soft_threshold
 from sparsejax.transforms import _selection as selection
-from sparsejax.transforms._selection import Budget, Where, check_radius, leaf_budgets
+from sparsejax.transforms._selection import Budget, Where, check_radius, flat_budgets
 
 ScalarOrSchedule = optax.ScalarOrSchedule  # a number or a callable ``n -> value``
 
@@ -183,16 +183,22 @@ def xrda(
 
     def init_fn(params: optax.Params) -> XRDAState:
         thetas, treedef = jax.tree.flatten(params)
-        lams = treedef.flatten_up_to(leaf_budgets(params, lam, where, name="lam"))
+        lams = flat_budgets(params, lam, where, name="lam")
+        trained = [selection.is_floating(t) for t in thetas]
+        masked = optax.MaskedNode()
         magnitudes = [
-            optax.MaskedNode() if leaf_lam is None else jnp.zeros_like(_magnitude(t, structure))
-            for t, leaf_lam in zip(thetas, lams)
+            jnp.zeros_like(_magnitude(t, structure)) if ok and leaf_lam is not None else masked
+            for t, ok, leaf_lam in zip(thetas, trained, lams, strict=True)
         ]
         return XRDAState(
             count=jnp.zeros([], jnp.int32),
             # a copy, so that donating both params and state to a jitted step is safe
-            z=treedef.unflatten([jnp.array(t, copy=True) for t in thetas]),
-            v=treedef.unflatten([jnp.zeros_like(t) for t in thetas]),
+            z=treedef.unflatten(
+                [jnp.array(t, copy=True) if ok else masked for t, ok in zip(thetas, trained)]
+            ),
+            v=treedef.unflatten(
+                [jnp.zeros_like(t) if ok else masked for t, ok in zip(thetas, trained)]
+            ),
             a=treedef.unflatten(magnitudes),
             S=treedef.unflatten(list(magnitudes)),
         )
@@ -201,7 +207,8 @@ def xrda(
         if params is None:
             raise ValueError(selection.NO_PARAMS_MSG)
         thetas, treedef = jax.tree.flatten(params)
-        lams = treedef.flatten_up_to(leaf_budgets(params, lam, where, name="lam"))
+        # A flat list aligned with the leaves: None nodes of params are not leaves.
+        lams = flat_budgets(params, lam, where, name="lam")
         n = state.count + 1
         s, alpha_n = step_size(n), averaging(n)
         hyper = dict(
@@ -213,22 +220,29 @@ def xrda(
             beta=beta,
             structure=structure,
         )
-        leaves = [
-            _leaf_update(*leaf, hyper)
-            for leaf in zip(
-                thetas,
-                treedef.flatten_up_to(updates),
-                treedef.flatten_up_to(state.z),
-                treedef.flatten_up_to(state.v),
-                treedef.flatten_up_to(state.a),
-                treedef.flatten_up_to(state.S),
-                lams,
-            )
-        ]
-        new_thetas, z, v, a, big_s = (treedef.unflatten(column) for column in zip(*leaves))
-        new_updates = jax.tree.map(lambda new, old: new - old, new_thetas, params)
-        new_state = XRDAState(optax.safe_increment(state.count), z, v, a, big_s)
-        return new_updates, new_state
+        columns = zip(
+            thetas,
+            treedef.flatten_up_to(updates),
+            treedef.flatten_up_to(state.z),
+            treedef.flatten_up_to(state.v),
+            treedef.flatten_up_to(state.a),
+            treedef.flatten_up_to(state.S),
+            lams,
+            strict=True,
+        )
+        new_updates, z, v, a, big_s = [], [], [], [], []
+        for theta, grad, *leaf_state, leaf_lam in columns:
+            if not selection.is_floating(theta):  # int/bool leaves pass through untouched
+                outs = (grad, *leaf_state)
+            else:
+                new_theta, *new_state = _leaf_update(theta, grad, *leaf_state, leaf_lam, hyper)
+                outs = (new_theta - theta, *new_state)
+            for column, out in zip((new_updates, z, v, a, big_s), outs):
+                column.append(out)
+        new_state = XRDAState(
+            optax.safe_increment(state.count), *(treedef.unflatten(c) for c in (z, v, a, big_s))
+        )
+        return treedef.unflatten(new_updates), new_state
 
     return optax.GradientTransformation(init_fn, update_fn)
 
