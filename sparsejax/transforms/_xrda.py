@@ -15,7 +15,7 @@ listed in sparsejax's design notes.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -25,7 +25,7 @@ import optax
 
 from sparsejax.prox import soft_threshold
 from sparsejax.transforms import _selection as selection
-from sparsejax.transforms._selection import Budget, Where, check_radius, flat_budgets
+from sparsejax.transforms._selection import Budget, Where, flat_budgets
 
 ScalarOrSchedule = optax.ScalarOrSchedule  # a number or a callable ``n -> value``
 
@@ -39,7 +39,8 @@ class XRDAState(NamedTuple):
       count: number of updates done so far (``int32``); the next update is step
         ``n = count + 1`` of the listing.
       z: the dual-averaging iterate (the paper's :math:`\Theta_{n-1/2}`), one array per leaf,
-        starting at the initial parameters.
+        starting at the initial parameters (``optax.MaskedNode()`` for int/bool leaves, as
+        ``v``, ``a`` and ``S``).
       v: the momentum (time-scale average of the gradients plus weight decay), per leaf.
       a: the running average of ``|theta|`` of each penalised leaf (one entry per ``kh x kw``
         kernel with ``structure="kernel"``); ``optax.MaskedNode()`` for unpenalised leaves.
@@ -100,7 +101,14 @@ def xrda(
     Leaves not selected by ``where``/``lam`` (by default everything but ``kernel`` leaves:
     biases, norm scales, embeddings) get the same dual-averaging and momentum update without
     the threshold (:math:`\lambda = 0`, :math:`\theta_{n+1} = z_n`). The paper penalises every
-    parameter group; ``where=".*"`` does that.
+    parameter group; ``where=".*"`` does that. Integer and bool leaves (step counters, flags)
+    are not trained: their update passes through unchanged and they carry no state
+    (``MaskedNode``); ``where`` selecting one is an error naming it.
+
+    A non-finite gradient makes ``z`` and ``v`` non-finite for good. To skip such steps, wrap
+    the transformation: ``optax.apply_if_finite(sparsejax.xrda(...), max_consecutive_errors)``
+    drops the update and keeps the previous state whenever an update is not finite, so training
+    continues from finite state (the skipped step does not advance the schedules).
 
     With ``structure="kernel"`` (eq. 13) the adaptive weight is shared by each ``kh x kw``
     kernel of a convolution: ``a`` averages the mean ``|theta|`` of each kernel (all axes but the
@@ -177,6 +185,7 @@ def xrda(
         weight_decay,
         alpha,
         structure,
+        where,
     )
     step_size = _step_size_schedule(learning_rate, total_steps)
     averaging = _averaging_schedule(alpha, total_steps)
@@ -321,11 +330,15 @@ def _averaging_schedule(alpha: ScalarOrSchedule | None, total_steps: Any) -> Cal
 
 
 def _concrete(value: Any) -> np.ndarray | None:
-    """The value as a NumPy array, or None when it is traced (cannot be checked)."""
+    """The value as a NumPy scalar, None when it is traced (cannot be checked), NaN (which every
+    range check refuses) when it is not one real number: a list, a string, a bool, an array."""
     if isinstance(value, jax.core.Tracer):
         return None
+    number_types = (int, float, np.number, np.ndarray, jax.Array)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, number_types):
+        return np.asarray(np.nan)
     array = np.asarray(value)
-    return array if array.dtype.kind in "fiu" else np.asarray(np.nan)
+    return array if array.shape == () and array.dtype.kind in "fiu" else np.asarray(np.nan)
 
 
 def _check_range(value, name, *, low, low_inclusive=True, high=None):
@@ -352,6 +365,7 @@ def _validate(
     weight_decay,
     alpha,
     structure,
+    where,
 ):
     steps = _concrete(total_steps)
     if steps is not None and not (
@@ -360,16 +374,13 @@ def _validate(
         raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
     if not callable(learning_rate):
         _check_range(learning_rate, "learning_rate", low=0)
-    if isinstance(lam, Mapping):
-        for pattern, value in lam.items():
-            check_radius(value, f"lam[{pattern!r}]")
-    else:
-        check_radius(lam, "lam")
+    selection.check_budget(lam, "lam")
     _check_range(beta, "beta", low=0, low_inclusive=False)
     _check_range(momentum_timescale, "momentum_timescale", low=0, low_inclusive=False)
     _check_range(magnitude_timescale, "magnitude_timescale", low=0, low_inclusive=False)
     _check_range(weight_decay, "weight_decay", low=0)
     if alpha is not None and not callable(alpha):
         _check_range(alpha, "alpha", low=0, high=1)
-    if structure not in _STRUCTURES:
+    if not isinstance(structure, str) or structure not in _STRUCTURES:
         raise ValueError(f"structure must be one of {_STRUCTURES}, got {structure!r}")
+    selection.check_where(where)
