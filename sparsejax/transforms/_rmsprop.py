@@ -132,8 +132,15 @@ def proximal_rmsprop(
     def init_fn(params):
         _selected_indices(params, budget, where, budget_name, group)
         # Integer/bool leaves (step counters, flags) are not trained: no average for them.
+        # An explicit dtype makes the state strongly typed even for weakly typed params, so the
+        # state's type does not change after the first step (no recompilation under jit).
         nu = jax.tree_util.tree_map(
-            lambda p: jnp.zeros_like(p) if selection.is_floating(p) else optax.MaskedNode(), params
+            lambda p: (
+                jnp.zeros(np.shape(p), jnp.result_type(p))
+                if selection.is_floating(p)
+                else optax.MaskedNode()
+            ),
+            params,
         )
         return ProximalRMSPropState(count=jnp.zeros((), jnp.int32), nu=nu)
 
@@ -152,7 +159,8 @@ def proximal_rmsprop(
                 steps.append(None)
                 rms_updates.append(g)
                 continue
-            n = decay * n + (1 - decay) * jnp.square(g)
+            # in the state's dtype: a gradient of another precision must not retype the state
+            n = (decay * n + (1 - decay) * jnp.square(g)).astype(n.dtype)
             mu = lr / (jnp.sqrt(n) + eps)
             nu.append(n)
             steps.append(mu)

@@ -196,17 +196,26 @@ def xrda(
         trained = [selection.is_floating(t) for t in thetas]
         masked = optax.MaskedNode()
         magnitudes = [
-            jnp.zeros_like(_magnitude(t, structure)) if ok and leaf_lam is not None else masked
+            jnp.zeros(jnp.shape(_magnitude(t, structure)), jnp.result_type(t))
+            if ok and leaf_lam is not None
+            else masked
             for t, ok, leaf_lam in zip(thetas, trained, lams, strict=True)
         ]
         return XRDAState(
             count=jnp.zeros([], jnp.int32),
-            # a copy, so that donating both params and state to a jitted step is safe
+            # a copy, so that donating both params and state to a jitted step is safe; explicit
+            # dtypes make the state strongly typed (weak params would retype it: a recompile)
             z=treedef.unflatten(
-                [jnp.array(t, copy=True) if ok else masked for t, ok in zip(thetas, trained)]
+                [
+                    jnp.array(t, jnp.result_type(t), copy=True) if ok else masked
+                    for t, ok in zip(thetas, trained)
+                ]
             ),
             v=treedef.unflatten(
-                [jnp.zeros_like(t) if ok else masked for t, ok in zip(thetas, trained)]
+                [
+                    jnp.zeros(jnp.shape(t), jnp.result_type(t)) if ok else masked
+                    for t, ok in zip(thetas, trained)
+                ]
             ),
             a=treedef.unflatten(magnitudes),
             S=treedef.unflatten(list(magnitudes)),

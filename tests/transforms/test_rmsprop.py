@@ -282,3 +282,17 @@ def test_training_continues_under_apply_if_finite():
     assert int(state.total_notfinite) == 1
     assert all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves((state, params)))
     chex.assert_trees_all_close(state.inner_state.nu, clean_state.nu, atol=1e-7)
+
+
+def test_weakly_typed_params_do_not_recompile():
+    # Found attacking: zeros_like kept the weak type of jnp.full(..., 2.0) params; the first
+    # update made nu strongly typed and the jitted step compiled a second time.
+    params = {"kernel": jnp.full((3, 2), 2.0)}
+    assert params["kernel"].weak_type
+    grads = {"kernel": jnp.ones((3, 2), jnp.float32)}
+    tx = sparsejax.proximal_rmsprop(1e-2, lam=1e-3)
+    update = jax.jit(tx.update)
+    state = tx.init(params)
+    for _ in range(3):
+        _, state = update(grads, state, params)
+    assert update._cache_size() == 1

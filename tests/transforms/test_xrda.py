@@ -596,3 +596,17 @@ def test_training_continues_under_apply_if_finite():
     assert int(state.total_notfinite) == 1
     assert all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves((state, params)))
     chex.assert_trees_all_close(state.inner_state, clean_state, atol=1e-6)
+
+
+def test_weakly_typed_params_do_not_recompile():
+    # Found attacking: the state copied the weak type of jnp.full(..., 2.0) params; the first
+    # update made it strongly typed and the jitted step compiled a second time.
+    params = {"kernel": jnp.full((3, 2), 2.0), "scale": jnp.asarray(1.0)}
+    assert params["kernel"].weak_type and params["scale"].weak_type
+    grads = jax.tree_util.tree_map(lambda p: jnp.ones(p.shape, jnp.float32), params)
+    tx = sparsejax.xrda(10, lam=1e-3)
+    update = jax.jit(tx.update)
+    state = tx.init(params)
+    for _ in range(3):
+        _, state = update(grads, state, params)
+    assert update._cache_size() == 1
