@@ -206,9 +206,11 @@ def prox_l1(
       An ``optax.GradientTransformation`` to place last in a chain.
 
     Raises:
-      ValueError: a negative ``lam``/``step_size``, a bad ``group`` or ``every_k_steps`` (when
-        built); a ``where``/``lam`` pattern that matches nothing, or a group that does not fit
-        a selected leaf (when initialised); missing ``params`` (when updated).
+      ValueError: a ``lam``/``step_size`` that is not one finite number ``>= 0`` (``lam`` may
+        also be a ``{path_pattern: number}`` dict), a bad ``group``, ``where`` or
+        ``every_k_steps`` (when built); a ``where``/``lam`` pattern that matches nothing, a
+        ``where`` selecting an int/bool leaf, or a group that does not fit a selected leaf
+        (when initialised); missing ``params`` (when updated).
 
     >>> import jax.numpy as jnp, optax, sparsejax
     >>> params = {"kernel": jnp.array([[3.0, -1.0], [0.5, 0.2]])}
