@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from sparsejax import projections, prox
-from sparsejax.transforms._selection import path_string
+from sparsejax.transforms._selection import check_radius, is_floating, path_string
 
 __all__ = [
     "CoupledProjectionState",
@@ -57,7 +57,9 @@ def _layout(params, groups, side="inputs"):
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     names = [path_string(p) for p, _ in leaves]
     shapes = [np.shape(x) for _, x in leaves]
-    offsets = np.cumsum([0] + [int(np.prod(s)) for s in shapes])
+    # Integer/bool leaves take no room in the concatenation: they never go through floats.
+    sizes = [int(np.prod(s)) if is_floating(x) else 0 for s, (_, x) in zip(shapes, leaves)]
+    offsets = np.cumsum([0] + sizes)
     where = {n: k for k, n in enumerate(names)}
     rows = []
     for g, group in enumerate(groups):
@@ -70,6 +72,11 @@ def _layout(params, groups, side="inputs"):
             if m.path not in where:
                 raise ValueError(f"groups: group {g} names {m.path!r}, which is not in params")
             k = where[m.path]
+            if not is_floating(leaves[k][1]):
+                raise ValueError(
+                    f"groups: group {g} names {m.path!r}, which is not a floating-point leaf "
+                    f"(dtype {jnp.result_type(leaves[k][1])}); pass groups of weights only"
+                )
             grid = np.arange(offsets[k], offsets[k + 1]).reshape(shapes[k])
             flat.update(np.take(grid, list(m.indices), axis=m.axis).reshape(-1).tolist())
         if flat:
@@ -115,10 +122,14 @@ def coupled_rows(params, groups, *, side: str = "inputs") -> jax.Array:
     """
     _check_side(side)
     index, _, _, _ = _layout(params, groups, side)
-    flat = jnp.concatenate(
-        [jnp.ravel(x) for x in jax.tree_util.tree_leaves(params)] + [jnp.zeros((1,))]
-    )
-    return flat[index]
+    return _concatenated(jax.tree_util.tree_leaves(params))[index]
+
+
+def _concatenated(leaves) -> jax.Array:
+    """The floating-point leaves, raveled and concatenated, then one zero (the padding)."""
+    floats = [jnp.ravel(x) for x in leaves if is_floating(x)]
+    dtype = jnp.result_type(*floats) if floats else jnp.float32
+    return jnp.concatenate([*floats, jnp.zeros((1,), dtype)])
 
 
 def project_coupled_tree(params, radius, groups, *, ball: str = "l21", side: str = "inputs"):
@@ -158,13 +169,17 @@ def _map_rows(params, groups, side, fn):
     """Gathers the groups' rows, applies ``fn`` to the padded matrix, scatters them back."""
     index, treedef, shapes, total = _layout(params, groups, side)
     leaves = jax.tree_util.tree_leaves(params)
-    flat = jnp.concatenate([jnp.ravel(x) for x in leaves] + [jnp.zeros((1,), leaves[0].dtype)])
+    flat = _concatenated(leaves)
     flat = flat.at[index].set(fn(flat[index]))[:total]
-    sizes = np.cumsum([int(np.prod(s)) for s in shapes])[:-1]
+    floating = [is_floating(x) for x in leaves]
+    sizes = np.cumsum([int(np.prod(s)) if f else 0 for s, f in zip(shapes, floating)])[:-1]
     parts = jnp.split(flat, sizes)
     return jax.tree_util.tree_unflatten(
         treedef,
-        [p.reshape(s).astype(x.dtype) for p, s, x in zip(parts, shapes, leaves, strict=True)],
+        [
+            p.reshape(s).astype(x.dtype) if f else x
+            for p, s, x, f in zip(parts, shapes, leaves, floating, strict=True)
+        ],
     )
 
 
@@ -200,11 +215,18 @@ def prox_coupled_tree(params, lam, groups, *, penalty="l1", step=1.0, side="inpu
       The tree after the prox; weights in no group are unchanged.
 
     Raises:
-      ValueError: an unknown ``penalty`` or ``side``, groups that do not fit ``params``.
+      ValueError: an unknown ``penalty`` or ``side``, groups that do not fit ``params``, a
+        (concrete) ``lam`` or ``step`` that is not one finite number ``>= 0`` (``lam <= 1``
+        for ``"rate"``).
     """
-    if penalty not in _PROX:
+    if not isinstance(penalty, str) or penalty not in _PROX:
         raise ValueError(f"penalty must be one of {sorted(_PROX)}, got penalty={penalty!r}")
     _check_side(side)
+    # Concrete values are checked (traced ones cannot be): a negative lam would grow weights.
+    check_radius(lam, "lam")
+    check_radius(step, "step")
+    if penalty == "rate" and not isinstance(lam, jax.core.Tracer) and np.asarray(lam) > 1:
+        raise ValueError(f"lam (the fraction of groups to zero) must be in [0, 1], got lam={lam!r}")
     return _map_rows(params, groups, side, lambda rows: _PROX[penalty](rows, lam, step))
 
 
@@ -230,8 +252,9 @@ def project_coupled(
       An ``optax.GradientTransformation`` whose state is :class:`CoupledProjectionState`.
 
     Raises:
-      ValueError: a negative ``radius`` or unknown ``ball`` (at build), groups that do not fit
-        the params (at init).
+      ValueError: a ``radius`` that is not one finite number ``>= 0`` (a list, a string, a
+        negative or NaN value) or an unknown ``ball`` (at build), groups that do not fit the
+        params (at init).
 
     Example:
       >>> import jax.numpy as jnp, optax
@@ -246,8 +269,7 @@ def project_coupled(
     """
     if ball not in _BALLS:
         raise ValueError(f"ball must be one of {sorted(_BALLS)}, got ball={ball!r}")
-    if isinstance(radius, (int, float)) and not radius >= 0:
-        raise ValueError(f"radius must be nonnegative, got radius={radius!r}")
+    check_radius(radius, "radius")
     _check_side(side)
     groups = tuple(groups)
 
@@ -260,7 +282,10 @@ def project_coupled(
             raise ValueError("project_coupled needs params in update(updates, state, params)")
         new = optax.apply_updates(params, updates)
         projected = project_coupled_tree(new, radius, groups, ball=ball, side=side)
-        out = jax.tree_util.tree_map(lambda a, b: a - b, projected, params)
+        # int/bool leaves are in no group: their updates pass through unchanged
+        out = jax.tree_util.tree_map(
+            lambda a, b, u: a - b if is_floating(b) else u, projected, params, updates
+        )
         return out, CoupledProjectionState(state.count + 1)
 
     return optax.GradientTransformation(init_fn, update_fn)

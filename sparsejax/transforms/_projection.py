@@ -117,11 +117,12 @@ def _check_group_axis(group_axis) -> None:
 
 def _selected(params, eta, where, group_axis, constraint, global_budget) -> list[_Leaf]:
     budget = 0.0 if global_budget else eta
-    budgets = selection.leaf_budgets(params, budget, where, name="eta")
-    flat_budgets = jax.tree_util.tree_leaves(budgets, is_leaf=lambda b: b is None)
+    # Budgets come as a flat list aligned with the params' leaves: None nodes of params are not
+    # leaves, so they cannot shift a budget onto the wrong leaf.
+    flat_budgets = selection.flat_budgets(params, budget, where, name="eta")
     flat, _ = jax.tree_util.tree_flatten_with_path(params)
     leaves = []
-    for index, ((path, leaf), radius) in enumerate(zip(flat, flat_budgets)):
+    for index, ((path, leaf), radius) in enumerate(zip(flat, flat_budgets, strict=True)):
         if radius is None:
             continue
         name = selection.path_string(path)
@@ -156,9 +157,14 @@ def _projection(
     global_budget: bool,
 ) -> optax.GradientTransformation:
     """Builds the transformation shared by every ``project_*`` factory."""
+    if not isinstance(global_budget, (bool, np.bool_)):
+        raise ValueError(
+            f"global_budget must be True or False, got global_budget={global_budget!r}"
+        )
     if isinstance(eta, Mapping) and global_budget:
         raise ValueError("global_budget=True takes one radius eta, not a mapping")
     selection.check_budget(eta, "eta")
+    selection.check_where(where)
     _check_group_axis(group_axis)
     selection.check_every_k_steps(every_k_steps)
     if global_budget and isinstance(constraint, constraints._NestedL111):

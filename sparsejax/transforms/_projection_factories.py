@@ -37,9 +37,11 @@ def project_l1(
       An ``optax.GradientTransformation`` to place last in a chain.
 
     Raises:
-      ValueError: a negative ``eta`` or a bad ``every_k_steps`` (when the transformation is
-        built); a ``where``/``eta`` pattern that matches no parameter (when it is initialised);
-        a missing ``params`` argument (when it is updated).
+      ValueError: an ``eta`` that is not one finite number ``>= 0`` (a list, a string, a
+        negative value) nor a ``{path_pattern: number}`` dict, a malformed ``where`` or a bad
+        ``every_k_steps`` (when the transformation is built); a ``where``/``eta`` pattern that
+        matches no parameter, or a ``where`` that selects an int/bool leaf (when it is
+        initialised); a missing ``params`` argument (when it is updated).
 
     >>> import jax.numpy as jnp, optax, sparsejax
     >>> params = {"kernel": jnp.array([[3.0, -1.0], [0.5, 0.5]])}

@@ -94,11 +94,11 @@ def _value_at(step_size: StepSize, count: jax.Array) -> Any:
 
 def _selected_indices(params: Any, budget: Any, where: Any, name: str, group: str) -> list:
     """Returns ``(index, path, budget)`` of every selected leaf; checks the group fits it."""
-    budgets = selection.leaf_budgets(params, budget, where, name=name)
-    flat_budgets = jax.tree_util.tree_leaves(budgets, is_leaf=lambda b: b is None)
+    # A flat list aligned with the params' leaves (None nodes of params are not leaves).
+    flat_budgets = selection.flat_budgets(params, budget, where, name=name)
     flat, _ = jax.tree_util.tree_flatten_with_path(params)
     chosen = []
-    for index, ((path, leaf), value) in enumerate(zip(flat, flat_budgets)):
+    for index, ((path, leaf), value) in enumerate(zip(flat, flat_budgets, strict=True)):
         if value is None:
             continue
         name_of_leaf = selection.path_string(path)
@@ -151,6 +151,7 @@ def _prox_transformation(operator, budget, budget_name, step_size, group, where,
     _check_step_size(step_size, "step_size")
     prox.check_group(group)
     selection.check_every_k_steps(every_k_steps)
+    selection.check_where(where)
 
     def init_fn(params):
         _selected_indices(params, budget, where, budget_name, group)
@@ -205,9 +206,11 @@ def prox_l1(
       An ``optax.GradientTransformation`` to place last in a chain.
 
     Raises:
-      ValueError: a negative ``lam``/``step_size``, a bad ``group`` or ``every_k_steps`` (when
-        built); a ``where``/``lam`` pattern that matches nothing, or a group that does not fit
-        a selected leaf (when initialised); missing ``params`` (when updated).
+      ValueError: a ``lam``/``step_size`` that is not one finite number ``>= 0`` (``lam`` may
+        also be a ``{path_pattern: number}`` dict), a bad ``group``, ``where`` or
+        ``every_k_steps`` (when built); a ``where``/``lam`` pattern that matches nothing, a
+        ``where`` selecting an int/bool leaf, or a group that does not fit a selected leaf
+        (when initialised); missing ``params`` (when updated).
 
     >>> import jax.numpy as jnp, optax, sparsejax
     >>> params = {"kernel": jnp.array([[3.0, -1.0], [0.5, 0.2]])}

@@ -40,7 +40,7 @@ class ProximalRMSPropState(NamedTuple):
       count: number of updates seen so far (``int32``); the learning-rate schedule is evaluated
         at ``count`` and the prox runs when ``(count + 1) % every_k_steps == 0``.
       nu: running average of the squared loss gradient, one per parameter (never sees the
-        penalty).
+        penalty); ``optax.MaskedNode()`` for integer/bool leaves, which are not trained.
     """
 
     count: jax.Array
@@ -82,6 +82,13 @@ def proximal_rmsprop(
     A weight whose loss gradient has always been exactly zero has ``mu = lr / eps``, so any
     positive ``lam`` removes it: the loss does not depend on it, and the penalty does.
 
+    Integer and bool leaves (step counters, flags) are not trained: their update passes through
+    unchanged and they carry no state. A non-finite gradient makes ``nu`` non-finite for good,
+    as in ``optax.rmsprop``; to skip such steps, wrap the transformation:
+    ``optax.apply_if_finite(sparsejax.proximal_rmsprop(...), max_consecutive_errors)`` drops
+    the update and keeps the previous state whenever an update is not finite, and training
+    continues from finite state.
+
     Args:
       learning_rate: ``eta``, a number or an optax schedule of the step count.
       lam: the penalty weight (number or ``{path_pattern: lam}``); give it or ``rate``.
@@ -120,34 +127,55 @@ def proximal_rmsprop(
     selection.check_every_k_steps(every_k_steps)
     _check_decay(decay)
     selection.check_radius(eps, "eps")
+    selection.check_where(where)
 
     def init_fn(params):
         _selected_indices(params, budget, where, budget_name, group)
-        nu = jax.tree_util.tree_map(jnp.zeros_like, params)
+        # Integer/bool leaves (step counters, flags) are not trained: no average for them.
+        # An explicit dtype makes the state strongly typed even for weakly typed params, so the
+        # state's type does not change after the first step (no recompilation under jit).
+        nu = jax.tree_util.tree_map(
+            lambda p: (
+                jnp.zeros(np.shape(p), jnp.result_type(p))
+                if selection.is_floating(p)
+                else optax.MaskedNode()
+            ),
+            params,
+        )
         return ProximalRMSPropState(count=jnp.zeros((), jnp.int32), nu=nu)
 
     def update_fn(updates, state, params=None):
         if params is None:
             raise ValueError(selection.NO_PARAMS_MSG)
         chosen = _selected_indices(params, budget, where, budget_name, group)
-        nu = jax.tree_util.tree_map(
-            lambda n, g: decay * n + (1 - decay) * jnp.square(g), state.nu, updates
-        )
+        flat_params, treedef = jax.tree_util.tree_flatten(params)
         lr = _value_at(learning_rate, state.count)
-        steps = jax.tree_util.tree_map(lambda n: lr / (jnp.sqrt(n) + eps), nu)
-        rms_updates = jax.tree_util.tree_map(
-            lambda g, mu: (-mu * g).astype(g.dtype), updates, steps
-        )
+        nu, steps, rms_updates = [], [], []
+        for p, g, n in zip(
+            flat_params, treedef.flatten_up_to(updates), treedef.flatten_up_to(state.nu)
+        ):
+            if not selection.is_floating(p):  # int/bool leaves pass through untouched
+                nu.append(n)
+                steps.append(None)
+                rms_updates.append(g)
+                continue
+            # in the state's dtype: a gradient of another precision must not retype the state
+            n = (decay * n + (1 - decay) * jnp.square(g)).astype(n.dtype)
+            mu = lr / (jnp.sqrt(n) + eps)
+            nu.append(n)
+            steps.append(mu)
+            rms_updates.append((-mu * g).astype(g.dtype))
         due = (state.count + 1) % every_k_steps == 0
         new_updates = _apply_to_selected(
             operator,
             params,
-            rms_updates,
+            treedef.unflatten(rms_updates),
             chosen,
-            jax.tree_util.tree_leaves(steps),
+            steps,
             due,
             every_k_steps,
         )
+        nu = treedef.unflatten(nu)
         return new_updates, ProximalRMSPropState(count=optax.safe_increment(state.count), nu=nu)
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -5,12 +5,17 @@ acts:
 
 * ``where`` selects leaves of the parameter pytree:
 
-  - ``None`` (default): every leaf whose last key is ``kernel`` and whose ``ndim >= 2`` — the
-    weights of Flax ``Dense``/``Conv`` layers (NNX ``Linear``/``Conv``). Biases, norm scales and
-    embeddings are never touched by default.
+  - ``None`` (default): every floating-point leaf whose last key is ``kernel`` and whose
+    ``ndim >= 2`` — the weights of Flax ``Dense``/``Conv`` layers (NNX ``Linear``/``Conv``).
+    Biases, norm scales, embeddings and integer/bool leaves are never touched by default.
   - a regular expression (``str`` or compiled pattern), searched (``re.search``) in the leaf's
     *path string*;
   - a callable ``(path_string, leaf) -> bool``.
+
+  An explicit ``where`` that selects a leaf which is not a real floating-point array (an int
+  step counter, a bool flag) is an error naming its path: a sparsity constraint on it would be
+  truncated to its dtype. ``None`` nodes of the tree (Linen/Equinox placeholders, optax's
+  ``MaskedNode``) are empty subtrees, not leaves: they are never selected.
 
 * the budget (``eta`` for projections, ``lam`` for penalties) is either one number for every
   selected leaf, or a mapping ``{pattern: value}``: each selected leaf takes the value of the
@@ -25,8 +30,8 @@ The path string joins the keys with ``/``, sequence indices as numbers, and drop
 >>> params = {"params": {"Dense_0": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}}}
 >>> [path for path, _ in selected_leaves(params, None)]
 ['params/Dense_0/kernel']
->>> leaf_budgets(params, {"Dense_0": 2.0}, None, name="eta")
-{'params': {'Dense_0': {'bias': None, 'kernel': 2.0}}}
+>>> flat_budgets(params, {"Dense_0": 2.0}, None, name="eta")
+[None, 2.0]
 """
 
 from __future__ import annotations
@@ -82,9 +87,20 @@ def path_string(path: tuple[Any, ...]) -> str:
     return "/".join(_key_name(k) for k in keys)
 
 
+def is_floating(leaf: Any) -> bool:
+    """Whether ``leaf`` is a real floating-point array or number (not int, bool, complex)."""
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is None:
+        try:
+            dtype = np.result_type(leaf)
+        except TypeError:  # not an array at all (e.g. a function left in an Equinox tree)
+            return False
+    return bool(jax.dtypes.issubdtype(dtype, np.floating))
+
+
 def is_kernel(path: str, leaf: Any) -> bool:
-    """The default selection: leaves named ``kernel`` with at least two dimensions."""
-    return path.rsplit("/", 1)[-1] == "kernel" and np.ndim(leaf) >= 2
+    """The default selection: floating-point leaves named ``kernel`` with ``ndim >= 2``."""
+    return path.rsplit("/", 1)[-1] == "kernel" and np.ndim(leaf) >= 2 and is_floating(leaf)
 
 
 def _as_predicate(where: Where) -> Callable[[str, Any], bool]:
@@ -106,6 +122,11 @@ def _as_predicate(where: Where) -> Callable[[str, Any], bool]:
     )
 
 
+def check_where(where: Where) -> None:
+    """Raises ``ValueError`` for a malformed ``where`` (when a transformation is built)."""
+    _as_predicate(where)
+
+
 def _flatten(params: Any) -> tuple[list[tuple[str, Any]], Any]:
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     return [(path_string(p), leaf) for p, leaf in leaves], treedef
@@ -122,31 +143,53 @@ def selected_leaves(params: Any, where: Where) -> list[tuple[str, Any]]:
       The selected leaves in tree-flattening order.
 
     Raises:
-      ValueError: if ``where`` is malformed or selects no leaf of ``params``.
+      ValueError: if ``where`` is malformed, selects no leaf of ``params``, or selects a leaf
+        that is not a real floating-point array.
     """
+    return [(path, leaf) for _, path, leaf in _selected_with_index(params, where)]
+
+
+def _selected_with_index(params: Any, where: Where) -> list[tuple[int, str, Any]]:
+    """``(index in tree_leaves(params), path, leaf)`` of every selected leaf."""
     predicate = _as_predicate(where)
     leaves, _ = _flatten(params)
-    chosen = [(path, leaf) for path, leaf in leaves if predicate(path, leaf)]
+    chosen = [(i, path, leaf) for i, (path, leaf) in enumerate(leaves) if predicate(path, leaf)]
     if not chosen:
         available = ", ".join(path for path, _ in leaves[:12]) or "(no leaves)"
         raise ValueError(
             f"where={where!r} selects no parameter; the parameter paths are: {available}"
         )
+    for _, path, leaf in chosen:
+        if not is_floating(leaf):
+            dtype = getattr(leaf, "dtype", type(leaf).__name__)
+            raise ValueError(
+                f"where={where!r} selects parameter {path!r} of dtype {dtype}, which is not "
+                f"floating point; narrow where= so that it selects floating-point leaves only"
+            )
     return chosen
 
 
-def check_radius(value: Any, name: str) -> None:
-    """Raises ``ValueError`` if a concrete radius/penalty is negative or not finite.
+def check_radius(value: Any, name: str, *, what: str = "finite number >= 0") -> None:
+    """Raises ``ValueError`` unless a concrete ``value`` is one real number, finite and >= 0.
 
-    Traced values (under ``jit`` or ``inject_hyperparams``) cannot be checked and are accepted.
+    Lists, tuples, strings, bools, non-scalar arrays, NaN/inf and negative values are refused,
+    naming ``name`` and the value. Traced values (under ``jit`` or ``inject_hyperparams``)
+    cannot be checked and are accepted.
     """
     if isinstance(value, jax.core.Tracer):
         return
-    array = np.asarray(value)
-    if array.dtype.kind not in "fiu":
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if not np.all(np.isfinite(array)) or np.any(array < 0):
-        raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+    array = None
+    if isinstance(value, (int, float, np.number, np.ndarray, jax.Array)) and not isinstance(
+        value, (bool, np.bool_)
+    ):
+        array = np.asarray(value)
+    if array is None or array.shape != () or array.dtype.kind not in "fiu":
+        raise ValueError(
+            f"{name} must be one {what} (a Python number or a scalar array; per-layer values "
+            f"go in a dict {{path_pattern: value}}), got {name}={value!r}"
+        )
+    if not np.isfinite(array) or array < 0:
+        raise ValueError(f"{name} must be a {what}, got {name}={value!r}")
 
 
 def check_budget(budget: Any, name: str) -> None:
@@ -156,8 +199,7 @@ def check_budget(budget: Any, name: str) -> None:
       ValueError: a negative or non-finite (concrete) value, naming ``name`` and the pattern.
     """
     if isinstance(budget, Mapping):
-        for pattern, value in budget.items():
-            check_radius(value, f"{name}[{pattern!r}]")
+        _compiled_patterns(budget, name)
     else:
         check_radius(budget, name)
 
@@ -171,8 +213,11 @@ def check_every_k_steps(every_k_steps: Any) -> None:
         raise ValueError(f"every_k_steps must be an integer >= 1, got {every_k_steps!r}")
 
 
-def leaf_budgets(params: Any, budget: Budget, where: Where, *, name: str) -> Any:
-    """Returns a pytree like ``params`` holding each selected leaf's budget, ``None`` elsewhere.
+def flat_budgets(params: Any, budget: Budget, where: Where, *, name: str) -> list[Any]:
+    """Returns each leaf's budget, as a list aligned with ``jax.tree_util.tree_leaves(params)``.
+
+    A flat list, not a tree: ``None`` nodes of ``params`` (and ``optax.MaskedNode``) are not
+    leaves, so they take no place in it and cannot shift the budgets onto other leaves.
 
     Args:
       params: the parameter pytree.
@@ -182,28 +227,36 @@ def leaf_budgets(params: Any, budget: Budget, where: Where, *, name: str) -> Any
       name: the argument's name, used in error messages.
 
     Returns:
-      A pytree with the structure of ``params`` whose leaves are the budgets (``None`` for leaves
-      that are not selected). ``None`` is a pytree node, so map over it with ``is_leaf``.
+      One entry per leaf of ``params``: its budget, or ``None`` where it is not selected.
 
     Raises:
-      ValueError: a negative budget, a pattern that matches no selected parameter, or a ``where``
-        that selects nothing.
+      ValueError: a bad budget, a pattern that matches no selected parameter, or a ``where``
+        that selects nothing or a non-floating leaf.
     """
-    chosen = dict(selected_leaves(params, where))
-    leaves, treedef = _flatten(params)
+    chosen = {path: index for index, path, _ in _selected_with_index(params, where)}
     if isinstance(budget, Mapping):
         per_path = _budgets_from_mapping(budget, chosen, name)
     else:
         check_radius(budget, name)
         per_path = dict.fromkeys(chosen, budget)
-    return jax.tree_util.tree_unflatten(treedef, [per_path.get(path) for path, _ in leaves])
+    flat: list[Any] = [None] * len(jax.tree_util.tree_leaves(params))
+    for path, value in per_path.items():
+        flat[chosen[path]] = value
+    return flat
 
 
-def _budgets_from_mapping(
-    budget: Mapping[str, Any], chosen: Mapping[str, Any], name: str
-) -> dict[str, Any]:
+def _compiled_patterns(budget: Mapping[str, Any], name: str) -> list[tuple[str, Any, Any]]:
+    """Checks a ``{pattern: value}`` budget; returns ``(pattern, regex, value)`` in order."""
+    if not budget:
+        raise ValueError(
+            f"{name}={{}} names no layer; give one number or a dict {{path_pattern: value}}"
+        )
     patterns = []
     for pattern, value in budget.items():
+        if not isinstance(pattern, str):
+            raise ValueError(
+                f"{name} keys must be path patterns (str), got key {pattern!r} in {name}={budget!r}"
+            )
         check_radius(value, f"{name}[{pattern!r}]")
         try:
             patterns.append((pattern, re.compile(pattern), value))
@@ -211,6 +264,13 @@ def _budgets_from_mapping(
             raise ValueError(
                 f"{name} key {pattern!r} is not a valid regular expression: {err}"
             ) from err
+    return patterns
+
+
+def _budgets_from_mapping(
+    budget: Mapping[str, Any], chosen: Mapping[str, Any], name: str
+) -> dict[str, Any]:
+    patterns = _compiled_patterns(budget, name)
     per_path = {}
     used = set()
     for path in chosen:

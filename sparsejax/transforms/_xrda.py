@@ -15,7 +15,7 @@ listed in sparsejax's design notes.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -25,7 +25,7 @@ import optax
 
 from sparsejax.prox import soft_threshold
 from sparsejax.transforms import _selection as selection
-from sparsejax.transforms._selection import Budget, Where, check_radius, leaf_budgets
+from sparsejax.transforms._selection import Budget, Where, flat_budgets
 
 ScalarOrSchedule = optax.ScalarOrSchedule  # a number or a callable ``n -> value``
 
@@ -39,7 +39,8 @@ class XRDAState(NamedTuple):
       count: number of updates done so far (``int32``); the next update is step
         ``n = count + 1`` of the listing.
       z: the dual-averaging iterate (the paper's :math:`\Theta_{n-1/2}`), one array per leaf,
-        starting at the initial parameters.
+        starting at the initial parameters (``optax.MaskedNode()`` for int/bool leaves, as
+        ``v``, ``a`` and ``S``).
       v: the momentum (time-scale average of the gradients plus weight decay), per leaf.
       a: the running average of ``|theta|`` of each penalised leaf (one entry per ``kh x kw``
         kernel with ``structure="kernel"``); ``optax.MaskedNode()`` for unpenalised leaves.
@@ -100,7 +101,14 @@ def xrda(
     Leaves not selected by ``where``/``lam`` (by default everything but ``kernel`` leaves:
     biases, norm scales, embeddings) get the same dual-averaging and momentum update without
     the threshold (:math:`\lambda = 0`, :math:`\theta_{n+1} = z_n`). The paper penalises every
-    parameter group; ``where=".*"`` does that.
+    parameter group; ``where=".*"`` does that. Integer and bool leaves (step counters, flags)
+    are not trained: their update passes through unchanged and they carry no state
+    (``MaskedNode``); ``where`` selecting one is an error naming it.
+
+    A non-finite gradient makes ``z`` and ``v`` non-finite for good. To skip such steps, wrap
+    the transformation: ``optax.apply_if_finite(sparsejax.xrda(...), max_consecutive_errors)``
+    drops the update and keeps the previous state whenever an update is not finite, so training
+    continues from finite state (the skipped step does not advance the schedules).
 
     With ``structure="kernel"`` (eq. 13) the adaptive weight is shared by each ``kh x kw``
     kernel of a convolution: ``a`` averages the mean ``|theta|`` of each kernel (all axes but the
@@ -177,22 +185,38 @@ def xrda(
         weight_decay,
         alpha,
         structure,
+        where,
     )
     step_size = _step_size_schedule(learning_rate, total_steps)
     averaging = _averaging_schedule(alpha, total_steps)
 
     def init_fn(params: optax.Params) -> XRDAState:
         thetas, treedef = jax.tree.flatten(params)
-        lams = treedef.flatten_up_to(leaf_budgets(params, lam, where, name="lam"))
+        lams = flat_budgets(params, lam, where, name="lam")
+        trained = [selection.is_floating(t) for t in thetas]
+        masked = optax.MaskedNode()
         magnitudes = [
-            optax.MaskedNode() if leaf_lam is None else jnp.zeros_like(_magnitude(t, structure))
-            for t, leaf_lam in zip(thetas, lams)
+            jnp.zeros(jnp.shape(_magnitude(t, structure)), jnp.result_type(t))
+            if ok and leaf_lam is not None
+            else masked
+            for t, ok, leaf_lam in zip(thetas, trained, lams, strict=True)
         ]
         return XRDAState(
             count=jnp.zeros([], jnp.int32),
-            # a copy, so that donating both params and state to a jitted step is safe
-            z=treedef.unflatten([jnp.array(t, copy=True) for t in thetas]),
-            v=treedef.unflatten([jnp.zeros_like(t) for t in thetas]),
+            # a copy, so that donating both params and state to a jitted step is safe; explicit
+            # dtypes make the state strongly typed (weak params would retype it: a recompile)
+            z=treedef.unflatten(
+                [
+                    jnp.array(t, jnp.result_type(t), copy=True) if ok else masked
+                    for t, ok in zip(thetas, trained)
+                ]
+            ),
+            v=treedef.unflatten(
+                [
+                    jnp.zeros(jnp.shape(t), jnp.result_type(t)) if ok else masked
+                    for t, ok in zip(thetas, trained)
+                ]
+            ),
             a=treedef.unflatten(magnitudes),
             S=treedef.unflatten(list(magnitudes)),
         )
@@ -201,7 +225,8 @@ def xrda(
         if params is None:
             raise ValueError(selection.NO_PARAMS_MSG)
         thetas, treedef = jax.tree.flatten(params)
-        lams = treedef.flatten_up_to(leaf_budgets(params, lam, where, name="lam"))
+        # A flat list aligned with the leaves: None nodes of params are not leaves.
+        lams = flat_budgets(params, lam, where, name="lam")
         n = state.count + 1
         s, alpha_n = step_size(n), averaging(n)
         hyper = dict(
@@ -213,22 +238,29 @@ def xrda(
             beta=beta,
             structure=structure,
         )
-        leaves = [
-            _leaf_update(*leaf, hyper)
-            for leaf in zip(
-                thetas,
-                treedef.flatten_up_to(updates),
-                treedef.flatten_up_to(state.z),
-                treedef.flatten_up_to(state.v),
-                treedef.flatten_up_to(state.a),
-                treedef.flatten_up_to(state.S),
-                lams,
-            )
-        ]
-        new_thetas, z, v, a, big_s = (treedef.unflatten(column) for column in zip(*leaves))
-        new_updates = jax.tree.map(lambda new, old: new - old, new_thetas, params)
-        new_state = XRDAState(optax.safe_increment(state.count), z, v, a, big_s)
-        return new_updates, new_state
+        columns = zip(
+            thetas,
+            treedef.flatten_up_to(updates),
+            treedef.flatten_up_to(state.z),
+            treedef.flatten_up_to(state.v),
+            treedef.flatten_up_to(state.a),
+            treedef.flatten_up_to(state.S),
+            lams,
+            strict=True,
+        )
+        new_updates, z, v, a, big_s = [], [], [], [], []
+        for theta, grad, *leaf_state, leaf_lam in columns:
+            if not selection.is_floating(theta):  # int/bool leaves pass through untouched
+                outs = (grad, *leaf_state)
+            else:
+                new_theta, *new_state = _leaf_update(theta, grad, *leaf_state, leaf_lam, hyper)
+                outs = (new_theta - theta, *new_state)
+            for column, out in zip((new_updates, z, v, a, big_s), outs):
+                column.append(out)
+        new_state = XRDAState(
+            optax.safe_increment(state.count), *(treedef.unflatten(c) for c in (z, v, a, big_s))
+        )
+        return treedef.unflatten(new_updates), new_state
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -307,11 +339,15 @@ def _averaging_schedule(alpha: ScalarOrSchedule | None, total_steps: Any) -> Cal
 
 
 def _concrete(value: Any) -> np.ndarray | None:
-    """The value as a NumPy array, or None when it is traced (cannot be checked)."""
+    """The value as a NumPy scalar, None when it is traced (cannot be checked), NaN (which every
+    range check refuses) when it is not one real number: a list, a string, a bool, an array."""
     if isinstance(value, jax.core.Tracer):
         return None
+    number_types = (int, float, np.number, np.ndarray, jax.Array)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, number_types):
+        return np.asarray(np.nan)
     array = np.asarray(value)
-    return array if array.dtype.kind in "fiu" else np.asarray(np.nan)
+    return array if array.shape == () and array.dtype.kind in "fiu" else np.asarray(np.nan)
 
 
 def _check_range(value, name, *, low, low_inclusive=True, high=None):
@@ -338,6 +374,7 @@ def _validate(
     weight_decay,
     alpha,
     structure,
+    where,
 ):
     steps = _concrete(total_steps)
     if steps is not None and not (
@@ -346,16 +383,13 @@ def _validate(
         raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
     if not callable(learning_rate):
         _check_range(learning_rate, "learning_rate", low=0)
-    if isinstance(lam, Mapping):
-        for pattern, value in lam.items():
-            check_radius(value, f"lam[{pattern!r}]")
-    else:
-        check_radius(lam, "lam")
+    selection.check_budget(lam, "lam")
     _check_range(beta, "beta", low=0, low_inclusive=False)
     _check_range(momentum_timescale, "momentum_timescale", low=0, low_inclusive=False)
     _check_range(magnitude_timescale, "magnitude_timescale", low=0, low_inclusive=False)
     _check_range(weight_decay, "weight_decay", low=0)
     if alpha is not None and not callable(alpha):
         _check_range(alpha, "alpha", low=0, high=1)
-    if structure not in _STRUCTURES:
+    if not isinstance(structure, str) or structure not in _STRUCTURES:
         raise ValueError(f"structure must be one of {_STRUCTURES}, got {structure!r}")
+    selection.check_where(where)

@@ -1,5 +1,7 @@
 """Structured constraints on coupled groups, against a NumPy reference of the concatenation."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
-from sparsejax.nn import coupled_groups
+from sparsejax.nn import CoupledGroup, GroupMember, coupled_groups
 from sparsejax.transforms._coupled import (
     coupled_rows,
     project_coupled,
@@ -166,3 +168,58 @@ def test_group_prox_on_coupled_groups_matches_numpy(penalty):
     assert np.any(np.all(expected == 0, axis=1))  # the case zeroes at least one whole group
     with pytest.raises(ValueError, match="penalty="):
         prox_coupled_tree(params, lam, groups, penalty="l2")
+
+
+# ------------------------------------------------------------------ issue 10: bad inputs
+
+_TWO_ROWS = [
+    CoupledGroup((GroupMember("w", 0, (i,), True),), True) for i in range(2)
+]  # each row of "w" is one group
+
+
+@pytest.mark.parametrize("radius", [[1.0], (1.0,), "1", True, np.ones(2), -1.0, float("nan")])
+def test_project_coupled_refuses_a_radius_that_is_not_one_number(radius):
+    # Issue 10, item 11: a list, string, bool or array radius was accepted at build time.
+    with pytest.raises(ValueError, match="radius=" + re.escape(repr(radius)[:4])):
+        project_coupled(radius, _TWO_ROWS)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"lam": -1.0}, "lam=-1.0"),
+        ({"lam": [1.0]}, r"lam=\[1.0\]"),
+        ({"lam": 0.5, "step": -1.0}, "step=-1.0"),
+        ({"lam": 1.5, "penalty": "rate"}, "lam=1.5"),
+    ],
+)
+def test_prox_coupled_tree_refuses_bad_lam_and_step(kwargs, match):
+    # Issue 10, item 11: lam < 0 made the weights grow; a list lam was broadcast silently.
+    with pytest.raises(ValueError, match=match):
+        prox_coupled_tree({"w": jnp.ones((2, 2))}, groups=_TWO_ROWS, **kwargs)
+
+
+def test_int_and_bool_leaves_never_go_through_floats():
+    # Issue 10, item 8: 2**24 + 1 came back as 2**24 (float32 round trip); a bool leaf crashed
+    # project_coupled with a bare TypeError.
+    params = {
+        "w": jnp.full((2, 2), 3.0),
+        "step": jnp.asarray(2**24 + 1, jnp.int32),
+        "flag": jnp.asarray(True),
+    }
+    projected = project_coupled_tree(params, 1.0, _TWO_ROWS)
+    assert int(projected["step"]) == 2**24 + 1 and bool(projected["flag"])
+    norms = np.linalg.norm(np.asarray(projected["w"]), axis=1)
+    assert norms.sum() == pytest.approx(1.0, rel=1e-5)
+    tx = project_coupled(1.0, _TWO_ROWS)
+    updates = {
+        "w": jnp.zeros((2, 2)),
+        "step": jnp.asarray(1, jnp.int32),
+        "flag": jnp.asarray(False),
+    }
+    new_updates, _ = jax.jit(tx.update)(updates, tx.init(params), params)
+    assert int(new_updates["step"]) == 1 and not bool(new_updates["flag"])
+    with pytest.raises(ValueError, match=r"'step'.*int32"):
+        project_coupled_tree(
+            params, 1.0, [CoupledGroup((GroupMember("step", 0, (0,), True),), True)]
+        )

@@ -1,6 +1,7 @@
 """Tests for the projection transformations (sparsejax.constraints)."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -15,6 +16,7 @@ from flax import linen, nnx
 
 import sparsejax
 from sparsejax import projections
+from tests.transforms import _trees as trees
 
 # ----------------------------------------------------------------------------- references
 # Independent float64 NumPy versions of the operators (Duchi et al.'s sort-based l1 projection
@@ -490,3 +492,154 @@ def test_every_k_steps_leaves_unselected_updates_untouched():
         tx = sparsejax.project_l1(2.0, every_k_steps=k)
         new_updates, _ = tx.update(updates, tx.init(params), params)
         chex.assert_trees_all_equal(new_updates["bias"], updates["bias"])
+
+
+# ------------------------------------------------------------------ issue 10: awkward trees
+
+ALL_FACTORIES = {**FACTORIES, "l111": sparsejax.project_l111}
+
+
+def ball_norm(name, x):
+    """The norm each projection bounds, on the input-unit rows of a Dense kernel (NumPy)."""
+    return np.abs(np.asarray(x, np.float64)).sum() if name == "l111" else norm_of(name, x, 0)
+
+
+@pytest.mark.parametrize("tree", list(trees.cases()))
+@pytest.mark.parametrize("name", list(ALL_FACTORIES))
+def test_none_nodes_and_masks_do_not_shift_the_constraint(name, tree):
+    # Issue 10, item 1: a None node before a kernel sent the radius to the wrong leaf.
+    case = trees.cases()[tree]
+    old, new = trees.one_step(ALL_FACTORIES[name](1.0, where=case.where), case)
+    for path in old:
+        if path in case.selected:
+            assert ball_norm(name, old[path]) > 2.0
+            assert ball_norm(name, new[path]) <= 1.0 + 1e-5, path
+        else:
+            np.testing.assert_array_equal(new[path], old[path], err_msg=path)
+
+
+def test_int_and_bool_kernels_are_not_selected_by_default():
+    # Issue 10, item 8: an int kernel was projected and silently truncated.
+    params = {
+        "int": {"kernel": jnp.full((3, 2), 7, jnp.int32)},
+        "bool": {"kernel": jnp.ones((3, 2), bool)},
+        "float": {"kernel": jnp.full((3, 2), 7.0)},
+    }
+    updates = {
+        "int": {"kernel": jnp.ones((3, 2), jnp.int32)},
+        "bool": {"kernel": jnp.ones((3, 2), bool)},
+        "float": {"kernel": jnp.zeros((3, 2))},
+    }
+    for name, factory in ALL_FACTORIES.items():
+        tx = factory(1.0)
+        new_updates, _ = jax.jit(tx.update)(updates, tx.init(params), params)
+        chex.assert_trees_all_equal(new_updates["int"], updates["int"])
+        chex.assert_trees_all_equal(new_updates["bool"], updates["bool"])
+        new = params["float"]["kernel"] + new_updates["float"]["kernel"]
+        assert ball_norm(name, new) <= 1 + 1e-5, name
+
+
+@pytest.mark.parametrize("where", ["bool/kernel", "int/kernel", ".*", lambda path, leaf: True])
+def test_explicitly_selecting_a_non_float_leaf_names_it(where):
+    params = {
+        "bool": {"kernel": jnp.ones((3, 2), bool)},
+        "float": {"kernel": jnp.ones((3, 2))},
+        "int": {"kernel": jnp.ones((3, 2), jnp.int32)},
+    }
+    tx = sparsejax.project_l1(1.0, where=where)
+    with pytest.raises(ValueError, match=r"'(bool|int)/kernel'.*(bool|int32).*where"):
+        tx.init(params)
+
+
+BAD_VALUES = [[1.0, 2.0], (1.0,), "0.5", -1.0, float("inf"), True, np.ones(2), None]
+
+
+@pytest.mark.parametrize("value", BAD_VALUES, ids=repr)
+@pytest.mark.parametrize("name", list(ALL_FACTORIES))
+def test_bad_eta_is_refused_when_built_naming_it(name, value):
+    # Issue 10, item 11: a list eta was accepted and failed later about a bias.
+    with pytest.raises(ValueError, match=r"eta.*" + re.escape(repr(value)[:6])):
+        ALL_FACTORIES[name](value)
+    with pytest.raises(ValueError, match=r"eta\['Dense'\].*" + re.escape(repr(value)[:6])):
+        ALL_FACTORIES[name]({"Dense": value})
+
+
+@pytest.mark.parametrize(
+    "build,match",
+    [
+        (lambda: sparsejax.project_l1({}), r"eta=\{\}"),
+        (lambda: sparsejax.project_l1({0: 1.0}), "eta keys"),
+        (lambda: sparsejax.project_l1({"(": 1.0}), "regular expression"),
+        (lambda: sparsejax.project_l1(1.0, where="("), "regular expression"),
+        (lambda: sparsejax.project_l1(1.0, where=3), "where"),
+        (lambda: sparsejax.project_l1(1.0, global_budget="yes"), "global_budget='yes'"),
+    ],
+)
+def test_bad_selection_or_mapping_is_refused_when_built(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_valid_budgets_still_work_scalar_arrays_dicts_and_injected():
+    params = {"a": {"kernel": jnp.full((3, 2), 2.0)}, "b": {"kernel": jnp.full((3, 2), 2.0)}}
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    for eta in (jnp.float32(1.0), np.float64(1.0), 1, {"a/": 1.0, "b/": jnp.asarray(1.0)}):
+        tx = sparsejax.project_l1(eta)
+        new, _ = step(tx, params, zeros, tx.init(params))
+        for layer in ("a", "b"):
+            assert float(jnp.abs(new[layer]["kernel"]).sum()) == pytest.approx(1.0, rel=1e-5)
+    injected = optax.inject_hyperparams(sparsejax.project_l1)(eta=1.0)
+    update = jax.jit(injected.update)
+    state = injected.init(params)
+    new_updates, state = update(zeros, state, params)
+    assert float(
+        jnp.abs(params["a"]["kernel"] + new_updates["a"]["kernel"]).sum()
+    ) == pytest.approx(1.0, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["l1", "l11", "l21", "bilevel_l1inf"])
+def test_thresholds_recover_after_a_nan_step(name):
+    # Issue 10, item 12: a NaN step may leave NaN warm starts; the next finite step must give
+    # the projection of its own input.
+    x = jax.random.normal(jax.random.key(21), (10, 6))
+    params = {"kernel": x}
+    tx = FACTORIES[name](1.0)
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    _, state = update({"kernel": jnp.full_like(x, jnp.nan)}, state, params)
+    for _ in range(2):
+        new_updates, state = update({"kernel": jnp.zeros_like(x)}, state, params)
+        new = params["kernel"] + new_updates["kernel"]
+        np.testing.assert_allclose(new, REFERENCES[name](np.asarray(x), 1.0, 0), atol=2e-5)
+        assert all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(state))
+
+
+def test_training_continues_under_apply_if_finite():
+    params = {"kernel": jax.random.normal(jax.random.key(22), (8, 4))}
+    grads = [{"kernel": jnp.full((8, 4), g)} for g in (0.1, jnp.nan, -0.2, 0.3)]
+    tx = optax.apply_if_finite(optax.chain(optax.adam(0.1), sparsejax.project_l11(1.0)), 3)
+    state = tx.init(params)
+    clean = optax.chain(optax.adam(0.1), sparsejax.project_l11(1.0))
+    clean_state, clean_params = clean.init(params), params
+    for g in grads:
+        updates, state = tx.update(g, state, params)
+        params = optax.apply_updates(params, updates)
+        if np.isfinite(g["kernel"]).all():
+            clean_updates, clean_state = clean.update(g, clean_state, clean_params)
+            clean_params = optax.apply_updates(clean_params, clean_updates)
+        np.testing.assert_allclose(params["kernel"], clean_params["kernel"], atol=1e-6)
+    assert int(state.total_notfinite) == 1
+    assert np.abs(np.asarray(params["kernel"])).sum() <= 1.0 + 1e-5
+
+
+def test_jit_does_not_recompile_across_steps():
+    params = {"a": {"kernel": jnp.ones((4, 3))}, "b": None}
+    zeros = {"a": {"kernel": jnp.zeros((4, 3))}, "b": None}
+    for factory in ALL_FACTORIES.values():
+        for kwargs in ({}, {"every_k_steps": 2}):
+            tx = factory(1.0, **kwargs)
+            update = jax.jit(tx.update)
+            state = tx.init(params)
+            for _ in range(3):
+                _, state = update(zeros, state, params)
+            assert update._cache_size() == 1, factory

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -11,6 +13,7 @@ import pytest
 from sklearn.linear_model import Lasso, MultiTaskLasso
 
 import sparsejax
+from tests.transforms import _trees as trees
 from tests.transforms._prox_reference import (
     CONV,
     DENSE,
@@ -198,3 +201,89 @@ def test_prox_sgd_l0_recovers_the_support(sparse_problem):
     np.testing.assert_array_equal(support_of(w), support)
     least_squares = np.linalg.lstsq(x[:, support], y[:, 0], rcond=None)[0]
     np.testing.assert_allclose(w[support, 0], least_squares, atol=0.02)
+
+
+# ------------------------------------------------------------------ issue 10: awkward trees
+
+
+def _soft(x):  # prox_l1(lam=1, step=1), weight-wise, in NumPy
+    return np.sign(x) * np.maximum(np.abs(x) - 1.0, 0.0)
+
+
+def _hard(x):  # prox_l0(lam=3.125, step=1): keep iff x^2 > 6.25
+    return np.where(x**2 > 6.25, x, 0.0)
+
+
+PROXES = {
+    "prox_l1": (lambda where: sparsejax.prox_l1(1.0, 1.0, where=where), _soft),
+    "prox_l0": (lambda where: sparsejax.prox_l0(3.125, 1.0, where=where), _hard),
+    "prune_to_rate": (lambda where: sparsejax.prune_to_rate(0.5, where=where), None),
+}
+
+
+@pytest.mark.parametrize("tree", list(trees.cases()))
+@pytest.mark.parametrize("name", list(PROXES))
+def test_none_nodes_and_masks_do_not_shift_the_prox(name, tree):
+    # Issue 10, item 1: a None node before a kernel sent lam to the wrong leaf.
+    case = trees.cases()[tree]
+    build, reference = PROXES[name]
+    old, new = trees.one_step(build(case.where), case)
+    for path in old:
+        if path not in case.selected:
+            np.testing.assert_array_equal(new[path], old[path], err_msg=path)
+        elif reference is not None:
+            np.testing.assert_allclose(new[path], reference(old[path]), atol=1e-6, err_msg=path)
+        else:  # round(G / 2) (half to even) of the weights, the smallest, are zeroed
+            magnitudes = np.abs(old[path]).ravel()
+            n_zero = int(np.round(0.5 * magnitudes.size))
+            kept = np.abs(old[path]) > np.sort(magnitudes)[n_zero - 1]
+            np.testing.assert_array_equal(new[path], np.where(kept, old[path], 0.0), path)
+
+
+@pytest.mark.parametrize("name", list(PROXES))
+def test_int_and_bool_leaves_pass_through_or_are_refused_by_name(name):
+    # Issue 10, item 8: default selection skips them; explicit selection names them.
+    build, _ = PROXES[name]
+    params = {
+        "a": {"kernel": jnp.full((4, 2), 7, jnp.int32)},
+        "b": {"kernel": jnp.ones((4, 2), bool)},
+        "c": {"kernel": jnp.full((4, 2), 2.0)},
+    }
+    updates = {"a": {"kernel": jnp.ones((4, 2), jnp.int32)}, "b": {"kernel": params["b"]["kernel"]}}
+    updates["c"] = {"kernel": jnp.zeros((4, 2))}
+    tx = build(None)
+    new_updates, _ = jax.jit(tx.update)(updates, tx.init(params), params)
+    chex.assert_trees_all_equal(new_updates["a"], updates["a"])
+    chex.assert_trees_all_equal(new_updates["b"], updates["b"])
+    assert float(jnp.abs(new_updates["c"]["kernel"]).sum()) > 0
+    for where in ("a/kernel", "b/", ".*"):
+        with pytest.raises(ValueError, match=r"'[ab]/kernel'.*(int32|bool)"):
+            build(where).init(params)
+
+
+BAD_VALUES = [[1.0, 2.0], (0.5,), "0.5", -1.0, float("nan"), True, np.ones(2), None]
+
+
+@pytest.mark.parametrize("value", BAD_VALUES, ids=repr)
+@pytest.mark.parametrize(
+    ("name", "build"),
+    [
+        ("lam", lambda v: sparsejax.prox_l1(v)),
+        ("lam", lambda v: sparsejax.prox_l0(v)),
+        ("rate", lambda v: sparsejax.prune_to_rate(v)),
+        ("step_size", lambda v: sparsejax.prox_l1(1.0, v)),
+        ("lam\\['Dense'\\]", lambda v: sparsejax.prox_l1({"Dense": v})),
+        ("rate\\['Dense'\\]", lambda v: sparsejax.prune_to_rate({"Dense": v})),
+    ],
+)
+def test_bad_budget_is_refused_when_built_naming_it(name, build, value):
+    # Issue 10, item 11: lists and other non-numbers were accepted and failed later.
+    with pytest.raises(ValueError, match=name + ".*" + re.escape(repr(value)[:6])):
+        build(value)
+
+
+def test_bad_where_or_empty_mapping_is_refused_when_built():
+    with pytest.raises(ValueError, match="regular expression"):
+        sparsejax.prox_l1(1.0, where="[")
+    with pytest.raises(ValueError, match=r"lam=\{\}"):
+        sparsejax.prox_l0({})

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
 import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
 import sparsejax
+from tests.transforms import _trees as trees
 from tests.transforms._prox_reference import (
     CONV,
     DENSE,
@@ -176,3 +180,119 @@ def test_proximal_rmsprop_recovers_the_support(sparse_problem, kwargs):
     np.testing.assert_array_equal(support_of(w), support)
     least_squares = np.linalg.lstsq(x[:, support], y[:, :tasks], rcond=None)[0]
     np.testing.assert_allclose(w[support], least_squares, atol=0.1)
+
+
+# ------------------------------------------------------------------ issue 10: awkward trees
+
+
+def _soft(x):  # the l1 prox with lam * mu = 1, weight-wise, in NumPy
+    return np.sign(x) * np.maximum(np.abs(x) - 1.0, 0.0)
+
+
+def _hard(x):  # the l0 prox with 2 lam mu = 6.25: keep iff x^2 > 6.25
+    return np.where(x**2 > 6.25, x, 0.0)
+
+
+# Zero gradients and eps = 1: nu = 0 and every step mu = lr / (0 + 1) = 1, z = w.
+MODES = {
+    "l0": ({"lam": 3.125}, _hard),
+    "l1": ({"lam": 1.0, "penalty": "l1"}, _soft),
+}
+
+
+@pytest.mark.parametrize("tree", list(trees.cases()))
+@pytest.mark.parametrize("mode", list(MODES))
+def test_none_nodes_and_masks_do_not_shift_the_prox(mode, tree):
+    # Issue 10, item 1: a None node before a kernel sent lam to the wrong leaf.
+    case = trees.cases()[tree]
+    kwargs, reference = MODES[mode]
+    tx = sparsejax.proximal_rmsprop(1.0, eps=1.0, where=case.where, **kwargs)
+    old, new = trees.one_step(tx, case)
+    for path in old:
+        expected = reference(old[path]) if path in case.selected else old[path]
+        np.testing.assert_allclose(new[path], expected, atol=1e-6, err_msg=path)
+
+
+def test_int_and_bool_leaves_pass_through():
+    # Issue 10, item 8: an int leaf's update was scaled and truncated, a bool one crashed.
+    params = {
+        "dense": {"kernel": jnp.full((3, 2), 0.5)},
+        "ids": {"kernel": jnp.arange(6, dtype=jnp.int32).reshape(3, 2)},
+        "step": jnp.asarray(4, jnp.int32),
+        "flag": jnp.asarray(False),
+    }
+    updates = {
+        "dense": {"kernel": jnp.full((3, 2), 0.1)},
+        "ids": {"kernel": jnp.full((3, 2), 3, jnp.int32)},
+        "step": jnp.asarray(1, jnp.int32),
+        "flag": jnp.asarray(True),
+    }
+    tx = sparsejax.proximal_rmsprop(1e-2, lam=1e-4)
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    for _ in range(2):
+        new_updates, state = update(updates, state, params)
+        for key in ("ids", "step", "flag"):
+            chex.assert_trees_all_equal(new_updates[key], updates[key])
+    mu = 1e-2 / (np.sqrt(0.19 * 0.01) + 1e-8)  # nu after two steps of g = 0.1
+    np.testing.assert_allclose(new_updates["dense"]["kernel"], -mu * 0.1, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"'(flag|step|ids/kernel)'.*(bool|int32)"):
+        sparsejax.proximal_rmsprop(1e-2, lam=1e-4, where=".*").init(params)
+
+
+BAD_VALUES = [[1.0, 2.0], (0.5,), "0.5", -1.0, float("nan"), True, np.ones(2)]
+
+
+@pytest.mark.parametrize("value", BAD_VALUES, ids=repr)
+@pytest.mark.parametrize(
+    ("name", "build"),
+    [
+        ("learning_rate", lambda v: sparsejax.proximal_rmsprop(v, lam=1.0)),
+        ("lam", lambda v: sparsejax.proximal_rmsprop(1e-3, lam=v)),
+        ("rate", lambda v: sparsejax.proximal_rmsprop(1e-3, rate=v)),
+        ("decay", lambda v: sparsejax.proximal_rmsprop(1e-3, lam=1.0, decay=v)),
+        ("eps", lambda v: sparsejax.proximal_rmsprop(1e-3, lam=1.0, eps=v)),
+        ("lam\\['Dense'\\]", lambda v: sparsejax.proximal_rmsprop(1e-3, lam={"Dense": v})),
+    ],
+)
+def test_bad_hyperparameter_is_refused_when_built_naming_it(name, build, value):
+    # Issue 10, item 11.
+    with pytest.raises(ValueError, match=name + ".*" + re.escape(repr(value)[:6])):
+        build(value)
+
+
+def test_training_continues_under_apply_if_finite():
+    # Issue 10, item 12: a NaN gradient poisons nu for good (as optax.rmsprop);
+    # optax.apply_if_finite skips that step, and the run goes on as if it never came.
+    params = make_params()
+    grads = [random_grads(params, seed) for seed in range(5)]
+    grads.insert(2, jax.tree_util.tree_map(lambda g: g.at[(0,) * g.ndim].set(jnp.nan), grads[2]))
+    inner = dict(learning_rate=1e-2, lam=1e-3, group="output", every_k_steps=2)
+    tx = optax.apply_if_finite(sparsejax.proximal_rmsprop(**inner), max_consecutive_errors=3)
+    clean = sparsejax.proximal_rmsprop(**inner)
+    state, clean_state, clean_params = tx.init(params), clean.init(params), params
+    update, clean_update = jax.jit(tx.update), jax.jit(clean.update)
+    for g in grads:
+        updates, state = update(g, state, params)
+        params = optax.apply_updates(params, updates)
+        if all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(g)):
+            clean_updates, clean_state = clean_update(g, clean_state, clean_params)
+            clean_params = optax.apply_updates(clean_params, clean_updates)
+        chex.assert_trees_all_close(params, clean_params, atol=1e-6)
+    assert int(state.total_notfinite) == 1
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves((state, params)))
+    chex.assert_trees_all_close(state.inner_state.nu, clean_state.nu, atol=1e-7)
+
+
+def test_weakly_typed_params_do_not_recompile():
+    # Found attacking: zeros_like kept the weak type of jnp.full(..., 2.0) params; the first
+    # update made nu strongly typed and the jitted step compiled a second time.
+    params = {"kernel": jnp.full((3, 2), 2.0)}
+    assert params["kernel"].weak_type
+    grads = {"kernel": jnp.ones((3, 2), jnp.float32)}
+    tx = sparsejax.proximal_rmsprop(1e-2, lam=1e-3)
+    update = jax.jit(tx.update)
+    state = tx.init(params)
+    for _ in range(3):
+        _, state = update(grads, state, params)
+    assert update._cache_size() == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import chex
 import jax
@@ -17,6 +18,7 @@ from sklearn.linear_model import Lasso
 
 import sparsejax
 from sparsejax.transforms import XRDAState, adaptive_l1_weight
+from tests.transforms import _trees as trees
 
 # ----------------------------------------------------------------------------- NumPy reference
 
@@ -485,3 +487,126 @@ def test_cnn_kernel_structure_prunes_whole_kernels(weight_training, kernel_train
     assert dead_kernels[-1] > dead_kernels[0] + 0.3
     assert partial_kernels(kernel_history[-1][2]) < partial_kernels(weight_history[-1][2]) - 0.05
     assert accuracy > 0.85
+
+
+# ------------------------------------------------------------------ issue 10: awkward trees
+
+
+def _first_step_reference(theta, lam, s0=1.0, total=1000, beta=2e-3):
+    """Step 1 of the listing with zero gradients and no weight decay: z = theta, S = s1 w1."""
+    s = s0 * (1 + math.cos(math.pi / total)) / 2
+    ratio = np.abs(theta) / np.abs(theta).max()  # the (1 - e^{-s/T_b}) factor cancels
+    threshold = lam * s * (beta + 1) / (beta + ratio)
+    return np.sign(theta) * np.maximum(np.abs(theta) - threshold, 0.0)
+
+
+@pytest.mark.parametrize("tree", list(trees.cases()))
+def test_none_nodes_and_masks_do_not_shift_lam(tree):
+    # Issue 10, item 1: lam must land on the selected leaves, whatever None nodes precede them.
+    case = trees.cases()[tree]
+    tx = sparsejax.xrda(1000, 1.0, lam=2.0, weight_decay=0.0, where=case.where)
+    old, new = trees.one_step(tx, case)
+    for path in old:
+        if path in case.selected:
+            expected = _first_step_reference(old[path], 2.0)
+            assert 0 < np.count_nonzero(expected) < expected.size
+        else:
+            expected = old[path]
+        np.testing.assert_allclose(new[path], expected, atol=1e-5, err_msg=path)
+
+
+def test_int_and_bool_leaves_pass_through():
+    # Issue 10, item 8: a bool leaf crashed xrda with a bare TypeError.
+    params = {
+        **_params(),
+        "step": jnp.asarray(4, jnp.int32),
+        "flag": jnp.asarray(False),
+        "ids": {"kernel": jnp.ones((2, 3), jnp.int32)},
+    }
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    tx = sparsejax.xrda(10, lam=1e-3)
+    state = tx.init(params)
+    assert isinstance(state.z["flag"], optax.MaskedNode)
+    update = jax.jit(tx.update)
+    for _ in range(2):
+        updates, state = update(grads, state, params)
+        for key in ("step", "flag", "ids"):
+            chex.assert_trees_all_equal(updates[key], grads[key])
+        params = optax.apply_updates(params, updates)
+    plain = {k: v for k, v in params.items() if k not in ("step", "flag", "ids")}
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(plain))
+    with pytest.raises(ValueError, match=r"'(flag|step|ids/kernel)'.*(bool|int32)"):
+        sparsejax.xrda(10, where=".*").init(params)
+
+
+BAD_VALUES = [[1.0, 2.0], (0.5,), "0.5", -1.0, float("nan"), True, np.ones(2)]
+
+
+@pytest.mark.parametrize("value", BAD_VALUES, ids=repr)
+@pytest.mark.parametrize(
+    "name",
+    [
+        "learning_rate",
+        "lam",
+        "beta",
+        "momentum_timescale",
+        "magnitude_timescale",
+        "weight_decay",
+        "alpha",
+        "total_steps",
+    ],
+)
+def test_bad_hyperparameter_is_refused_when_built_naming_it(name, value):
+    # Issue 10, item 11: a list was accepted (np.all over its entries) and failed later.
+    kwargs = {"total_steps": 10, name: value}
+    with pytest.raises(ValueError, match=name + ".*" + re.escape(repr(value)[:6])):
+        sparsejax.xrda(**kwargs)
+    if name == "lam":
+        with pytest.raises(ValueError, match=r"lam\['dense'\]"):
+            sparsejax.xrda(10, lam={"dense": value})
+
+
+def test_bad_where_is_refused_when_built():
+    with pytest.raises(ValueError, match="regular expression"):
+        sparsejax.xrda(10, where="(")
+
+
+def test_training_continues_under_apply_if_finite():
+    # Issue 10, item 12: a NaN gradient poisons z and v for good; optax.apply_if_finite skips
+    # that step and the run goes on as if it never came.
+    params = _params()
+    rng = np.random.default_rng(3)
+    grads = [
+        jax.tree_util.tree_map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
+        for _ in range(5)
+    ]
+    grads.insert(2, jax.tree_util.tree_map(lambda g: g.at[(0,) * g.ndim].set(jnp.inf), grads[2]))
+    build = lambda: sparsejax.xrda(6, learning_rate=0.5, lam=1e-2)
+    tx = optax.apply_if_finite(build(), max_consecutive_errors=3)
+    clean = build()
+    state, clean_state, clean_params = tx.init(params), clean.init(params), params
+    update, clean_update = jax.jit(tx.update), jax.jit(clean.update)
+    for g in grads:
+        updates, state = update(g, state, params)
+        params = optax.apply_updates(params, updates)
+        if all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(g)):
+            clean_updates, clean_state = clean_update(g, clean_state, clean_params)
+            clean_params = optax.apply_updates(clean_params, clean_updates)
+        chex.assert_trees_all_close(params, clean_params, atol=1e-6)
+    assert int(state.total_notfinite) == 1
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves((state, params)))
+    chex.assert_trees_all_close(state.inner_state, clean_state, atol=1e-6)
+
+
+def test_weakly_typed_params_do_not_recompile():
+    # Found attacking: the state copied the weak type of jnp.full(..., 2.0) params; the first
+    # update made it strongly typed and the jitted step compiled a second time.
+    params = {"kernel": jnp.full((3, 2), 2.0), "scale": jnp.asarray(1.0)}
+    assert params["kernel"].weak_type and params["scale"].weak_type
+    grads = jax.tree_util.tree_map(lambda p: jnp.ones(p.shape, jnp.float32), params)
+    tx = sparsejax.xrda(10, lam=1e-3)
+    update = jax.jit(tx.update)
+    state = tx.init(params)
+    for _ in range(3):
+        _, state = update(grads, state, params)
+    assert update._cache_size() == 1
