@@ -70,6 +70,15 @@ def _validate_groups(x, group_axis, radius):
     return x, group_axis, jnp.asarray(radius, _compute_dtype(x.dtype))
 
 
+def _unless_empty(core, x, *args):
+    """``core(x, *args)``, or ``x`` itself when it has no entry (no group, or empty groups).
+
+    An empty array lies in every ball; the cores' reductions (max, reshape by a zero
+    group count) are not defined on it.
+    """
+    return x if x.size == 0 else core(x, *args)
+
+
 def _group_rows(x, group_axis):
     """``x`` as a ``(groups, group size)`` matrix in the compute dtype."""
     rows = jnp.moveaxis(x, group_axis, 0)

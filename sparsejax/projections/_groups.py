@@ -11,6 +11,7 @@ from sparsejax.projections._common import (
     _check_method,
     _group_rows,
     _ungroup_rows,
+    _unless_empty,
     _validate_groups,
 )
 from sparsejax.projections._l1 import _last_axis_threshold, _shrink, _shrink_nonnegative
@@ -41,7 +42,8 @@ def l21_ball(x, radius, *, group_axis=0):
         (all other axes belong to the group).
 
     Returns:
-      The projection, shape and dtype of ``x``.
+      The projection, shape and dtype of ``x``. An empty ``x`` (no group, or groups
+      with no entry) is returned as is.
 
     Raises:
       ValueError: for a non-floating ``x``, a bad ``group_axis``, or a concrete negative,
@@ -56,7 +58,7 @@ def l21_ball(x, radius, *, group_axis=0):
       [[1.2 1.6]
        [0.  0. ]]
     """
-    return _l21_core(*_validate_groups(x, group_axis, radius))
+    return _unless_empty(_l21_core, *_validate_groups(x, group_axis, radius))
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -112,7 +114,8 @@ def l11_ball(x, radius, *, group_axis=0, method="active_set"):
       method: the l1 method of the second stage (see :func:`l1_threshold`).
 
     Returns:
-      The bi-level projection, shape and dtype of ``x``.
+      The bi-level projection, shape and dtype of ``x``. An empty ``x`` (no group, or groups
+      with no entry) is returned as is.
 
     Raises:
       ValueError: for a non-floating ``x``, a bad ``group_axis`` or ``method``, or a
@@ -128,7 +131,7 @@ def l11_ball(x, radius, *, group_axis=0, method="active_set"):
        [0. 0.]]
     """
     _check_method(method)
-    return _l11_core(*_validate_groups(x, group_axis, radius), method)
+    return _unless_empty(_l11_core, *_validate_groups(x, group_axis, radius), method)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 3))
@@ -154,7 +157,8 @@ def bilevel_l1inf_ball(x, radius, *, group_axis=0):
       group_axis: a group is the slice at one index of this axis.
 
     Returns:
-      The bi-level projection, shape and dtype of ``x``.
+      The bi-level projection, shape and dtype of ``x``. An empty ``x`` (no group, or groups
+      with no entry) is returned as is.
 
     Raises:
       ValueError: for a non-floating ``x``, a bad ``group_axis``, or a concrete negative,
@@ -169,7 +173,7 @@ def bilevel_l1inf_ball(x, radius, *, group_axis=0):
       [[ 2. -1.]
        [ 0.  0.]]
     """
-    return _bilevel_l1inf_core(*_validate_groups(x, group_axis, radius))
+    return _unless_empty(_bilevel_l1inf_core, *_validate_groups(x, group_axis, radius))
 
 
 @functools.partial(jax.jit, static_argnums=1)

@@ -7,7 +7,12 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from sparsejax.projections._common import _group_rows, _ungroup_rows, _validate_groups
+from sparsejax.projections._common import (
+    _group_rows,
+    _ungroup_rows,
+    _unless_empty,
+    _validate_groups,
+)
 from sparsejax.projections._l1 import _active_set_threshold, _count_and_sum
 
 
@@ -96,7 +101,8 @@ def l1inf_ball(x, radius, *, group_axis=0):
       group_axis: a group is the slice at one index of this axis.
 
     Returns:
-      The projection, shape and dtype of ``x``.
+      The projection, shape and dtype of ``x``. An empty ``x`` (no group, or groups
+      with no entry) is returned as is.
 
     Raises:
       ValueError: for a non-floating ``x``, a bad ``group_axis``, or a concrete negative,
@@ -114,7 +120,7 @@ def l1inf_ball(x, radius, *, group_axis=0):
       [[ 1.5 -1.5]
        [ 0.5  0. ]]
     """
-    return _l1inf_core(*_validate_groups(x, group_axis, radius))
+    return _unless_empty(_l1inf_core, *_validate_groups(x, group_axis, radius))
 
 
 @functools.partial(jax.jit, static_argnums=1)

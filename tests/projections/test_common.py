@@ -110,3 +110,14 @@ def test_nan_input_gives_nan_output(name):
 def test_bad_input_raises_value_error_naming_the_argument(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize("name", list(FUNCTIONS))
+@pytest.mark.parametrize("shape", [(0, 5), (5, 0), (0, 0), (3, 0, 4), (0, 2, 3), (2, 3, 0)])
+def test_empty_input_comes_back_as_is(name, shape):
+    """Zero groups or zero-width groups: an empty array lies in every ball."""
+    x = jnp.zeros(shape, jnp.bfloat16)
+    for radius in (0.0, 1.0):
+        got = FUNCTIONS[name](x, np.float32(radius))
+        assert got.shape == shape and got.dtype == jnp.bfloat16
+    assert jax.jit(FUNCTIONS[name])(x, 1.0).shape == shape
