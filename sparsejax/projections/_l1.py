@@ -13,6 +13,7 @@ from sparsejax.projections._common import (
     _check_method,
     _check_radius,
     _compute_dtype,
+    _flush_denormals,
     _normalize_axis,
 )
 
@@ -137,8 +138,10 @@ def _threshold(method, magnitudes, radius, start):
     row_max = jnp.max(magnitudes, axis=-1)
     theta = jnp.where(row_sum <= radius, 0, jnp.where(radius == 0, row_max, theta))
     theta = jnp.maximum(theta, 0)
-    # A NaN drops out of every active set, so a warm start would not see it.
-    return jnp.where(jnp.isnan(row_sum + radius), jnp.nan, theta)
+    # A NaN drops out of every active set, so a warm start would not see it. An infinite
+    # norm (an inf entry, or a sum that overflows) has no float answer below a finite radius.
+    undefined = jnp.isnan(row_sum + radius) | (jnp.isinf(row_sum) & jnp.isfinite(radius))
+    return jnp.where(undefined, jnp.nan, theta)
 
 
 @_threshold.defjvp
@@ -164,11 +167,12 @@ def _shrink(values, magnitudes, theta):
     """``sign(v) max(|v| - theta, 0)`` per row; rows with ``theta == 0`` come back as is.
 
     Written with selects rather than ``maximum`` so the Jacobian is the identity inside the
-    ball (including at 0) and a NaN threshold gives NaN rather than a zero row.
+    ball (including at 0) and a NaN threshold gives NaN rather than a zero row. Subnormal
+    entries of a row returned as is are flushed to zero (:func:`_flush_denormals`).
     """
     theta = theta[..., None]
     shrunk = jnp.where(magnitudes <= theta, 0, values - jnp.sign(values) * theta)
-    return jnp.where(theta == 0, values, shrunk)
+    return jnp.where(theta == 0, _flush_denormals(values), shrunk)
 
 
 def _shrink_nonnegative(magnitudes, theta):

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from sparsejax.projections._common import (
+    _flush_denormals,
     _group_rows,
     _ungroup_rows,
     _unless_empty,
@@ -61,8 +62,9 @@ def _l1inf_caps(magnitudes, radius):
     zero = jnp.zeros((), magnitudes.dtype)
     start = (zero, row_max, jnp.full((rows,), -1, jnp.int32), jnp.array(True), 0)
     _, caps, *_ = jax.lax.while_loop(keep_going, step, start)
-    # A NaN row drops out of the Newton sums; it must still poison every cap.
-    caps = jnp.where(jnp.isnan(jnp.sum(row_sum)), jnp.nan, caps)
+    # A NaN row drops out of the Newton sums; it must still poison every cap, and so must an
+    # infinite total (an inf entry or an overflow: the caller returns the input at radius inf).
+    caps = jnp.where(jnp.isfinite(jnp.sum(row_sum)), caps, jnp.nan)
     return jnp.where(radius == 0, 0, caps)
 
 
@@ -130,4 +132,4 @@ def _l1inf_core(x, group_axis, radius):
     inside = jnp.sum(jnp.max(magnitudes, axis=-1)) <= radius
     caps = _l1inf_caps(magnitudes, radius)
     clipped = jnp.sign(rows) * jnp.minimum(magnitudes, caps[:, None])
-    return _ungroup_rows(jnp.where(inside, rows, clipped), x, group_axis)
+    return _ungroup_rows(jnp.where(inside, _flush_denormals(rows), clipped), x, group_axis)

@@ -9,6 +9,7 @@ from sparsejax.projections._common import (
     _as_floating,
     _check_radius,
     _compute_dtype,
+    _flush_denormals,
     _unless_empty,
 )
 from sparsejax.projections._l1 import _last_axis_threshold, _shrink_nonnegative
@@ -24,7 +25,7 @@ def _spectral_parts(matrix, radius):
 def _nuclear_project(matrix, radius):
     """Nuclear-ball projection of a ``(m, n)`` matrix with ``m <= n``."""
     u, _, vt, theta, shrunk = _spectral_parts(matrix, radius)
-    return jnp.where(theta == 0, matrix, (u * shrunk) @ vt)
+    return jnp.where(theta == 0, _flush_denormals(matrix), (u * shrunk) @ vt)
 
 
 @_nuclear_project.defjvp
@@ -41,7 +42,7 @@ def _nuclear_project_jvp(primals, tangents):
     matrix, radius = primals
     matrix_dot, radius_dot = tangents
     u, singular, vt, theta, shrunk = _spectral_parts(matrix, radius)
-    projected = jnp.where(theta == 0, matrix, (u * shrunk) @ vt)
+    projected = jnp.where(theta == 0, _flush_denormals(matrix), (u * shrunk) @ vt)
 
     left = u.T @ matrix_dot
     core = left @ vt.T
