@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from sparsejax.prox._groups import _compute_dtype, _safe_sqrt, group_axes
-from sparsejax.prox._thresholds import ArrayLike, soft_threshold
+from sparsejax.prox._thresholds import ArrayLike, check_nonnegative, soft_threshold
 
 # Newton on the secular equation of the weighted group-lasso prox converges monotonically and
 # fast (quadratically near the root); the cap only guards against float stagnation.
@@ -48,7 +48,8 @@ def l1(x: ArrayLike, lam: ArrayLike, step: ArrayLike = 1.0, *, group: str = "wei
       The prox, with the shape and dtype of ``x``.
 
     Raises:
-      ValueError: as :func:`group_axes`.
+      ValueError: as :func:`group_axes`; a concrete negative or NaN ``lam`` or ``step`` (traced
+        values, e.g. under ``jit``, are not checked).
 
     >>> import jax.numpy as jnp
     >>> z = jnp.array([[3.0, 4.0], [0.3, 0.4]])
@@ -58,6 +59,8 @@ def l1(x: ArrayLike, lam: ArrayLike, step: ArrayLike = 1.0, *, group: str = "wei
 
     Reference: Formanek & Hadhazi, eqs. (9), (12)-(14).
     """
+    check_nonnegative(lam, "lam")
+    check_nonnegative(step, "step")
     x = jnp.asarray(x)
     axes = group_axes(x.ndim, group)
     dtype = _compute_dtype(x.dtype)
@@ -157,7 +160,8 @@ def l0(x: ArrayLike, lam: ArrayLike, step: ArrayLike = 1.0, *, group: str = "wei
       The prox, with the shape and dtype of ``x``.
 
     Raises:
-      ValueError: as :func:`group_axes`.
+      ValueError: as :func:`group_axes`; a concrete negative or NaN ``lam`` or ``step`` (traced
+        values, e.g. under ``jit``, are not checked).
 
     >>> import jax.numpy as jnp
     >>> print(l0(jnp.array([-3.0, 0.5, 1.5]), 1.0))
@@ -165,6 +169,8 @@ def l0(x: ArrayLike, lam: ArrayLike, step: ArrayLike = 1.0, *, group: str = "wei
 
     Reference: Formanek & Hadhazi, eqs. (10)-(14).
     """
+    check_nonnegative(lam, "lam")
+    check_nonnegative(step, "step")
     x = jnp.asarray(x)
     axes = group_axes(x.ndim, group)
     dtype = _compute_dtype(x.dtype)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from sparsejax.prox._groups import group_norms
-from sparsejax.prox._thresholds import ArrayLike
+from sparsejax.prox._thresholds import ArrayLike, check_count, check_fraction
 
 
 def prune_smallest(x: ArrayLike, rate: ArrayLike, *, group: str = "weight") -> jax.Array:
@@ -35,7 +35,8 @@ def prune_smallest(x: ArrayLike, rate: ArrayLike, *, group: str = "weight") -> j
       ``x`` with the selected groups set to zero.
 
     Raises:
-      ValueError: as :func:`group_axes`.
+      ValueError: as :func:`group_axes`; a concrete ``rate`` outside ``[0, 1]`` or NaN (a
+        traced one is clipped to ``[0, 1]``).
 
     >>> import jax.numpy as jnp
     >>> x = jnp.array([[1.0, 2.0], [0.1, 0.1], [3.0, 0.0]])
@@ -46,6 +47,7 @@ def prune_smallest(x: ArrayLike, rate: ArrayLike, *, group: str = "weight") -> j
 
     Reference: Formanek & Hadhazi, Sec. II.C ("L0 with compression rate").
     """
+    check_fraction(rate, "rate")
     x = jnp.asarray(x)
     norms = group_norms(x, group)
     count = norms.size
@@ -110,11 +112,16 @@ def keep_largest(kernel: jax.Array, keep: jax.Array) -> jax.Array:
     Returns:
       The pruned array.
 
+    Raises:
+      ValueError: a concrete ``keep`` that is not an integer >= 0 (a traced one is not
+        checked).
+
     >>> import jax.numpy as jnp
     >>> print(keep_largest(jnp.array([[3.0, -1.0], [-4.0, 2.0]]), 2))
     [[ 3.  0.]
      [-4.  0.]]
     """
+    check_count(keep, "keep")
     kernel = jnp.asarray(kernel)
     kept = _largest_mask(jnp.abs(kernel).reshape(-1), keep)
     return jnp.where(kept.reshape(kernel.shape), kernel, 0)
@@ -135,12 +142,17 @@ def keep_largest_inputs(kernel: jax.Array, keep: jax.Array) -> jax.Array:
     Returns:
       The pruned array.
 
+    Raises:
+      ValueError: a concrete ``keep`` that is not an integer >= 0 (a traced one is not
+        checked).
+
     >>> import jax.numpy as jnp
     >>> print(keep_largest_inputs(jnp.array([[3.0, 0.0], [1.0, 1.0], [0.0, -2.0]]), 2))
     [[ 3.  0.]
      [ 0.  0.]
      [ 0. -2.]]
     """
+    check_count(keep, "keep")
     kernel = jnp.asarray(kernel)
     inputs = jnp.moveaxis(kernel, -2, 0)
     norms = jnp.sqrt(jnp.sum(inputs.reshape(len(inputs), -1) ** 2, axis=1))

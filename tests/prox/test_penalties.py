@@ -229,3 +229,34 @@ def test_nan_propagates():
     z = jnp.array([[jnp.nan, 1.0], [3.0, 4.0]])
     assert np.isnan(np.asarray(prox.l1(z, 0.1, 1.0, group="input"))[0]).all()
     assert np.isnan(np.asarray(prox.soft_threshold(z, 0.1))[0, 0])
+
+
+@pytest.mark.parametrize("penalty", [prox.l1, prox.l0])
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"lam": -0.1}, "lam"),
+        ({"lam": float("nan")}, "lam"),
+        ({"lam": np.float32(-1)}, "lam"),
+        ({"lam": jnp.asarray(-2.0)}, "lam"),
+        ({"lam": "0.5"}, "lam"),
+        ({"lam": True}, "lam"),
+        ({"lam": 0.5, "step": -1.0}, "step"),
+        ({"lam": 0.5, "step": np.array([[0.1], [-0.1]])}, "step"),
+    ],
+)
+def test_bad_concrete_hyperparameters_raise_naming_them(penalty, kwargs, name):
+    x = jnp.ones((2, 3))
+    with pytest.raises(ValueError, match=rf"{name}=") as error:
+        penalty(x, **kwargs)
+    assert "nonnegative" in str(error.value) or "real number" in str(error.value)
+
+
+@pytest.mark.parametrize("penalty", [prox.l1, prox.l0])
+def test_traced_lam_and_step_stay_jittable(penalty):
+    x = random_kernel(CONV_SHAPE, 7)
+    mu = np.abs(random_kernel(CONV_SHAPE, 8)) + 0.1
+    jitted = jax.jit(lambda x, lam, mu: penalty(x, lam, mu, group="input"))
+    np.testing.assert_allclose(jitted(x, 0.3, mu), penalty(x, 0.3, mu, group="input"), rtol=1e-6)
+    # A device array of per-weight steps is not read back (no host synchronisation).
+    assert penalty(x, 0.3, jnp.asarray(mu), group="input").shape == CONV_SHAPE

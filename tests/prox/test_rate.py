@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -65,3 +66,22 @@ def test_prune_smallest_extreme_values():
     # order of |x|: 0 (row 1), -0 (row 3), 1e-38, 1, 2, 1e38 go; inf and NaN (last) stay
     assert np.isinf(out[0, 0]) and np.isnan(out[1, 0])
     assert np.count_nonzero(out[~np.isnan(out)]) == 1
+
+
+@pytest.mark.parametrize("rate", [1.5, -0.25, float("nan"), np.float32(2), "0.5", None])
+def test_prune_smallest_rejects_a_rate_outside_zero_one(rate):
+    with pytest.raises(ValueError, match="rate="):
+        prox.prune_smallest(jnp.ones((4, 3)), rate, group="input")
+
+
+def test_prune_smallest_traced_rate_stays_jittable():
+    x = jnp.asarray(random_kernel(DENSE_SHAPE, 19))
+    jitted = jax.jit(lambda x, rate: prox.prune_smallest(x, rate, group="input"))
+    np.testing.assert_array_equal(jitted(x, 0.5), prox.prune_smallest(x, 0.5, group="input"))
+
+
+@pytest.mark.parametrize("function", [prox.keep_largest, prox.keep_largest_inputs])
+@pytest.mark.parametrize("keep", [-1, 2.5, float("nan"), "2", np.array([1, 2])])
+def test_keep_largest_rejects_a_bad_count(function, keep):
+    with pytest.raises(ValueError, match="keep="):
+        function(jnp.ones((4, 3)), keep)
