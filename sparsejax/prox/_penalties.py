@@ -7,7 +7,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from sparsejax.prox._groups import _compute_dtype, _safe_sqrt, group_axes
+from sparsejax.prox._groups import _compute_dtype, _frobenius, _group_scale, group_axes
 from sparsejax.prox._thresholds import ArrayLike, check_nonnegative, soft_threshold
 
 # Newton on the secular equation of the weighted group-lasso prox converges monotonically and
@@ -66,13 +66,15 @@ def l1(x: ArrayLike, lam: ArrayLike, step: ArrayLike = 1.0, *, group: str = "wei
     dtype = _compute_dtype(x.dtype)
     z = x.astype(dtype)
     threshold = jnp.asarray(lam, dtype) * jnp.asarray(step, dtype)
-    if not axes:
+    if not axes or z.size == 0:
         out = soft_threshold(z, threshold)
     elif jnp.ndim(step) == 0:
-        norms = _safe_sqrt(jnp.sum(jnp.square(z), axis=axes, keepdims=True))
-        out = z * _shrink_factor(norms, threshold)
+        out = z * _shrink_factor(_frobenius(z, axes), threshold)
     else:
-        out = _weighted_group_shrink(z, jnp.broadcast_to(threshold, z.shape), axes)
+        # The prox is homogeneous in (z, threshold): solve it at a scale where z**2 is finite.
+        scale = _group_scale(z, axes)
+        c = jnp.broadcast_to(threshold, z.shape) / scale
+        out = scale * _weighted_group_shrink(z / scale, c, axes)
     return out.astype(x.dtype)
 
 

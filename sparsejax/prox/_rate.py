@@ -80,10 +80,13 @@ def _smallest(values: jax.Array, n_smallest: jax.Array) -> jax.Array:
 def _largest_mask(magnitudes: jax.Array, keep: jax.Array) -> jax.Array:
     """Boolean mask of the ``keep`` largest entries of a flat non-negative array."""
     # The bit patterns of non-negative floats are ordered like the floats, so a bisection over
-    # 32-bit integers finds the k-th largest magnitude exactly, in 32 vectorised counting
-    # passes: an order of magnitude faster than a sort on CPU for a 784x300 kernel.
-    bits = jax.lax.bitcast_convert_type(magnitudes.astype(jnp.float32), jnp.int32)
-    keep = jnp.asarray(keep, jnp.int32)
+    # 32-bit (64-bit for float64) integers finds the k-th largest magnitude exactly, in 32
+    # (64) vectorised counting passes: an order of magnitude faster than a sort on CPU for a
+    # 784x300 kernel. NaN patterns lie above inf's: NaN entries rank first.
+    magnitudes = magnitudes.astype(jnp.promote_types(magnitudes.dtype, jnp.float32))
+    int_dtype = jnp.int32 if magnitudes.dtype.itemsize == 4 else jnp.int64
+    bits = jax.lax.bitcast_convert_type(magnitudes, int_dtype)
+    keep = jnp.asarray(keep, int_dtype)
 
     def halve(_, bounds):
         low, high = bounds
@@ -91,8 +94,9 @@ def _largest_mask(magnitudes: jax.Array, keep: jax.Array) -> jax.Array:
         enough = jnp.sum(bits >= middle) >= keep
         return jnp.where(enough, middle, low), jnp.where(enough, high, middle)
 
-    infinity_bits = jnp.int32(0x7F800000)
-    kth, _ = jax.lax.fori_loop(0, 32, halve, (jnp.int32(0), infinity_bits + 1))
+    top = jnp.asarray(jnp.iinfo(int_dtype).max, int_dtype)
+    start = (jnp.asarray(0, int_dtype), top)
+    kth, _ = jax.lax.fori_loop(0, 8 * magnitudes.dtype.itemsize, halve, start)
     above = bits > kth
     tied = bits == kth
     return (above | (tied & (jnp.cumsum(tied) <= keep - jnp.sum(above)))) & (keep > 0)
@@ -103,7 +107,8 @@ def keep_largest(kernel: jax.Array, keep: jax.Array) -> jax.Array:
 
     This is a Euclidean projection onto the (non-convex) set
     :math:`\{W : \|W\|_0 \le k\}`; ties are broken by position (earlier entries first), so
-    exactly ``min(keep, size)`` entries survive. ``keep`` may be traced.
+    exactly ``min(keep, size)`` entries survive. ``keep`` may be traced. ``NaN`` entries rank
+    above every number (kept first, so that they propagate).
 
     Args:
       kernel: a floating-point array of any shape.
@@ -154,6 +159,12 @@ def keep_largest_inputs(kernel: jax.Array, keep: jax.Array) -> jax.Array:
     """
     check_count(keep, "keep")
     kernel = jnp.asarray(kernel)
+    if kernel.ndim < 2:
+        raise ValueError(
+            f"kernel must have at least 2 dimensions (inputs on axis -2), got shape {kernel.shape}."
+        )
+    if kernel.size == 0:
+        return kernel
     inputs = jnp.moveaxis(kernel, -2, 0)
     norms = jnp.sqrt(jnp.sum(inputs.reshape(len(inputs), -1) ** 2, axis=1))
     kept = _largest_mask(norms, keep)

@@ -85,3 +85,19 @@ def test_prune_smallest_traced_rate_stays_jittable():
 def test_keep_largest_rejects_a_bad_count(function, keep):
     with pytest.raises(ValueError, match="keep="):
         function(jnp.ones((4, 3)), keep)
+
+
+def test_keep_largest_ranks_float64_exactly():
+    with jax.enable_x64(True):
+        x = np.array([1.0, 1.0 + 1e-12, 1.0 + 2e-12, 0.5, -(1.0 + 3e-12)])  # equal in float32
+        for keep in range(6):
+            got = np.asarray(prox.keep_largest(jnp.asarray(x), keep))
+            expected = x.copy()
+            expected[np.argsort(-np.abs(x), kind="stable")[keep:]] = 0
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_keep_largest_inputs_empty_and_one_dimensional():
+    assert prox.keep_largest_inputs(jnp.zeros((0, 5)), 2).shape == (0, 5)
+    with pytest.raises(ValueError, match="kernel"):
+        prox.keep_largest_inputs(jnp.ones(4), 2)
