@@ -7,6 +7,15 @@ problem that contains a NaN, and has finite gradients everywhere (thresholds are
 differentiated through the active set they settle on, not through the iterations that find
 them).
 
+Edge cases, by choice: a problem holding an ``inf`` (or whose norm overflows the compute
+dtype, e.g. float32 entries near 1e38) gives NaN below a finite radius, while at radius
+``inf`` every array is inside and comes back as is (:func:`nuclear_ball` gives NaN there too:
+the SVD of an infinite matrix is undefined). XLA on CPU computes with subnormal numbers as
+zero, so subnormal entries come back as zeros (never outside the ball). An empty array (no
+slice, no group, or empty groups) comes back as is. The result of :func:`l1_ball` is inside
+the ball up to the rounding of a float sum (about 1e-6 relative in float32) even on rows of
+10^7 entries; bfloat16 and float16 results are rounded once more when cast back.
+
 ================================  ==================================================  =========
 function                          set / operator                                      exact?
 ================================  ==================================================  =========

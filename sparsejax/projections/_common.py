@@ -70,6 +70,31 @@ def _validate_groups(x, group_axis, radius):
     return x, group_axis, jnp.asarray(radius, _compute_dtype(x.dtype))
 
 
+@jax.custom_jvp
+def _flush_denormals(values):
+    """``values`` with subnormal entries replaced by a zero of the same sign.
+
+    What the projections return unchanged ("inside the ball") must be what their arithmetic
+    saw: XLA on CPU treats subnormal operands as zero, so a subnormal input measures as norm
+    0 and would otherwise come back, bit for bit, outside a ball of subnormal radius. The
+    derivative is the identity (this is a rounding, not a function of the input).
+    """
+    tiny = jnp.finfo(values.dtype).tiny
+    return jnp.where(jnp.abs(values) < tiny, jnp.copysign(jnp.zeros_like(values), values), values)
+
+
+_flush_denormals.defjvp(lambda primals, tangents: (_flush_denormals(*primals), tangents[0]))
+
+
+def _unless_empty(core, x, *args):
+    """``core(x, *args)``, or ``x`` itself when it has no entry (no group, or empty groups).
+
+    An empty array lies in every ball; the cores' reductions (max, reshape by a zero
+    group count) are not defined on it.
+    """
+    return x if x.size == 0 else core(x, *args)
+
+
 def _group_rows(x, group_axis):
     """``x`` as a ``(groups, group size)`` matrix in the compute dtype."""
     rows = jnp.moveaxis(x, group_axis, 0)

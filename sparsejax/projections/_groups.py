@@ -9,8 +9,10 @@ import jax.numpy as jnp
 
 from sparsejax.projections._common import (
     _check_method,
+    _flush_denormals,
     _group_rows,
     _ungroup_rows,
+    _unless_empty,
     _validate_groups,
 )
 from sparsejax.projections._l1 import _last_axis_threshold, _shrink, _shrink_nonnegative
@@ -34,6 +36,10 @@ def l21_ball(x, radius, *, group_axis=0):
     writes :math:`\|v_i\|_1` in the first step; with l1 norms the result is not this
     projection, so sparsejax uses l2 norms (DESIGN.md).
 
+    The group norms are computed as ``s * ||v_i / s||`` with ``s`` the group's largest
+    magnitude, so inputs at 1e-30 or 1e30 (whose squares under- or overflow in float32)
+    are projected like any other scale. An ``inf`` entry gives NaN below a finite radius.
+
     Args:
       x: floating array of any rank >= 1.
       radius: nonnegative scalar :math:`\eta`.
@@ -41,7 +47,8 @@ def l21_ball(x, radius, *, group_axis=0):
         (all other axes belong to the group).
 
     Returns:
-      The projection, shape and dtype of ``x``.
+      The projection, shape and dtype of ``x``. An empty ``x`` (no group, or groups
+      with no entry) is returned as is.
 
     Raises:
       ValueError: for a non-floating ``x``, a bad ``group_axis``, or a concrete negative,
@@ -56,19 +63,31 @@ def l21_ball(x, radius, *, group_axis=0):
       [[1.2 1.6]
        [0.  0. ]]
     """
-    return _l21_core(*_validate_groups(x, group_axis, radius))
+    return _unless_empty(_l21_core, *_validate_groups(x, group_axis, radius))
+
+
+def _l2_norms(rows):
+    """Row l2 norms as ``s * ||row / s||`` with ``s`` the row's peak magnitude: plain squares
+    of 1e-30 underflow and of 1e30 overflow in float32. Rows with an inf (NaN) have norm inf
+    (NaN)."""
+    # The norm is homogeneous, so the scale is a constant for the derivative. XLA divides by
+    # multiplying with 1 / s, which must stay a normal number: s is capped at 2^(maxexp - 8).
+    peak = jax.lax.stop_gradient(jnp.max(jnp.abs(rows), axis=-1))
+    live = (peak > 0) & (peak < jnp.inf)
+    scale = jnp.where(live, jnp.minimum(peak, 2.0 ** (jnp.finfo(rows.dtype).maxexp - 8)), 1)
+    squares = jnp.sum(jnp.square(rows / scale[:, None]), axis=-1)
+    # Double select: sqrt has an infinite slope at 0, which must not reach the gradient.
+    norms = scale * jnp.sqrt(jnp.where(live, squares, 1))
+    return jnp.where(live, norms, peak)  # 0, inf or NaN as the peak is
 
 
 @functools.partial(jax.jit, static_argnums=1)
 def _l21_core(x, group_axis, radius):
     rows = _group_rows(x, group_axis)
-    squares = jnp.sum(jnp.square(rows), axis=-1)
-    # Double select: sqrt has an infinite slope at 0, which must not reach the gradient.
-    empty = squares == 0
-    norms = jnp.where(empty, 0, jnp.sqrt(jnp.where(empty, 1, squares)))
+    norms = _l2_norms(rows)
     targets, theta = _budget_split(norms, radius)
     scale = jnp.where(norms == 0, 1, targets / jnp.where(norms == 0, 1, norms))
-    projected = jnp.where(theta == 0, rows, rows * scale[:, None])
+    projected = jnp.where(theta == 0, _flush_denormals(rows), rows * scale[:, None])
     return _ungroup_rows(projected, x, group_axis)
 
 
@@ -89,7 +108,7 @@ def _nested_l1(values, radius, depth, method):
     theta = _last_axis_threshold(magnitudes, budget, method=method)
     projected = _shrink(values, magnitudes, theta)
     # Inside the ball every budget equals its norm; return the input exactly.
-    return jnp.where(top_theta == 0, values, projected)
+    return jnp.where(top_theta == 0, _flush_denormals(values), projected)
 
 
 def l11_ball(x, radius, *, group_axis=0, method="active_set"):
@@ -112,7 +131,8 @@ def l11_ball(x, radius, *, group_axis=0, method="active_set"):
       method: the l1 method of the second stage (see :func:`l1_threshold`).
 
     Returns:
-      The bi-level projection, shape and dtype of ``x``.
+      The bi-level projection, shape and dtype of ``x``. An empty ``x`` (no group, or groups
+      with no entry) is returned as is.
 
     Raises:
       ValueError: for a non-floating ``x``, a bad ``group_axis`` or ``method``, or a
@@ -128,7 +148,7 @@ def l11_ball(x, radius, *, group_axis=0, method="active_set"):
        [0. 0.]]
     """
     _check_method(method)
-    return _l11_core(*_validate_groups(x, group_axis, radius), method)
+    return _unless_empty(_l11_core, *_validate_groups(x, group_axis, radius), method)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 3))
@@ -154,7 +174,8 @@ def bilevel_l1inf_ball(x, radius, *, group_axis=0):
       group_axis: a group is the slice at one index of this axis.
 
     Returns:
-      The bi-level projection, shape and dtype of ``x``.
+      The bi-level projection, shape and dtype of ``x``. An empty ``x`` (no group, or groups
+      with no entry) is returned as is.
 
     Raises:
       ValueError: for a non-floating ``x``, a bad ``group_axis``, or a concrete negative,
@@ -169,7 +190,7 @@ def bilevel_l1inf_ball(x, radius, *, group_axis=0):
       [[ 2. -1.]
        [ 0.  0.]]
     """
-    return _bilevel_l1inf_core(*_validate_groups(x, group_axis, radius))
+    return _unless_empty(_bilevel_l1inf_core, *_validate_groups(x, group_axis, radius))
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -178,4 +199,4 @@ def _bilevel_l1inf_core(x, group_axis, radius):
     magnitudes = jnp.abs(rows)
     caps, theta = _budget_split(jnp.max(magnitudes, axis=-1), radius)
     clipped = jnp.sign(rows) * jnp.minimum(magnitudes, caps[:, None])
-    return _ungroup_rows(jnp.where(theta == 0, rows, clipped), x, group_axis)
+    return _ungroup_rows(jnp.where(theta == 0, _flush_denormals(rows), clipped), x, group_axis)

@@ -13,6 +13,7 @@ from sparsejax.projections._common import (
     _check_method,
     _check_radius,
     _compute_dtype,
+    _flush_denormals,
     _normalize_axis,
 )
 
@@ -41,13 +42,27 @@ def _count_and_sum(counted, summed):
 
 
 def _active_stats(magnitudes, theta):
-    """Size and sum of the active set ``{a > theta}`` of each row, in one pass."""
-    active = magnitudes > theta[..., None]
-    return _count_and_sum(active.astype(jnp.int32), jnp.where(active, magnitudes, 0))
+    """Size of the active set ``{a > theta}`` of each row and its sum of ``a - theta``.
+
+    Summing the shifted values (what the projection returns) rather than ``a`` costs nothing
+    in the same pass and keeps the rounding error relative to the radius, not to the much
+    larger ``sum a`` of a long row with a high threshold.
+    """
+    theta = theta[..., None]
+    active = magnitudes > theta
+    return _count_and_sum(active.astype(jnp.int32), jnp.where(active, magnitudes - theta, 0))
+
+
+def _michelot(theta, count, projected_norm, radius):
+    """The threshold that gives the active set of ``theta`` the l1 norm ``radius``."""
+    return theta + (projected_norm - radius) / jnp.maximum(count, 1)
 
 
 def _active_set_threshold(magnitudes, radius, start, row_sum):
     r"""Michelot's fixed point :math:`\theta \leftarrow (\sum_{a>\theta} a - r)/\#\{a>\theta\}`.
+
+    Written as :math:`\theta \leftarrow \theta + (\sum_{a>\theta} (a - \theta) - r)/\#\{a>\theta\}`
+    (see :func:`_active_stats`).
 
     A cold start (``start=None``) is the lower bound :math:`(\|a\|_1 - r)/n`, the step from
     the full set of ``n`` entries. The first step from a given ``start`` is taken as is: from
@@ -61,25 +76,39 @@ def _active_set_threshold(magnitudes, radius, start, row_sum):
     if start is None:
         theta, used = lower, jnp.full(radius.shape, n, jnp.int32)
     else:
-        count, total = _active_stats(magnitudes, start)
-        theta = jnp.where(count > 0, (total - radius) / jnp.maximum(count, 1), lower)
+        count, projected_norm = _active_stats(magnitudes, start)
+        theta = jnp.where(count > 0, _michelot(start, count, projected_norm, radius), lower)
         used = jnp.where(count > 0, count, n)
 
     def step(state):
-        theta, used, _, iteration = state
-        count, total = _active_stats(magnitudes, theta)
+        theta, used, *_, iteration = state
+        count, projected_norm = _active_stats(magnitudes, theta)
         changed = count != used
-        proposal = jnp.where(count > 0, (total - radius) / jnp.maximum(count, 1), theta)
+        proposal = jnp.where(count > 0, _michelot(theta, count, projected_norm, radius), theta)
         theta = jnp.where(changed, jnp.maximum(theta, proposal), theta)
-        return theta, count, jnp.any(changed), iteration + 1
+        return theta, count, projected_norm, jnp.any(changed), iteration + 1
 
     def keep_going(state):
-        _, _, changed, iteration = state
+        *_, changed, iteration = state
         # Each changing step shrinks a nested active set, so n + 2 steps always suffice.
         return changed & (iteration < n + 2)
 
-    theta, *_ = jax.lax.while_loop(keep_going, step, (theta, used, jnp.array(True), 0))
-    return theta
+    state = (theta, used, jnp.zeros_like(theta), jnp.array(True), 0)
+    theta, count, projected_norm, *_ = jax.lax.while_loop(keep_going, step, state)
+    return _round_up_to_feasible(theta, count, projected_norm, radius)
+
+
+def _round_up_to_feasible(theta, count, projected_norm, radius):
+    """One last Newton step on the final active set, taken only upwards and rounded up.
+
+    A float ``theta`` is off by up to half an ulp, which the ``count`` active entries turn
+    into a norm error of ``count * ulp(theta) / 2``: for a long row with a high threshold that
+    is far beyond the radius's own precision. The loop already measured the projected norm
+    ``projected_norm`` at ``theta``; raising ``theta`` by ``(projected_norm - radius) / count``
+    (rounded up) makes the projection feasible without another pass over the data.
+    """
+    raised = jnp.nextafter(_michelot(theta, count, projected_norm, radius), jnp.inf)
+    return jnp.where((projected_norm > radius) & (count > 0), raised, theta)
 
 
 def _sort_threshold(magnitudes, radius):
@@ -109,8 +138,10 @@ def _threshold(method, magnitudes, radius, start):
     row_max = jnp.max(magnitudes, axis=-1)
     theta = jnp.where(row_sum <= radius, 0, jnp.where(radius == 0, row_max, theta))
     theta = jnp.maximum(theta, 0)
-    # A NaN drops out of every active set, so a warm start would not see it.
-    return jnp.where(jnp.isnan(row_sum + radius), jnp.nan, theta)
+    # A NaN drops out of every active set, so a warm start would not see it. An infinite
+    # norm (an inf entry, or a sum that overflows) has no float answer below a finite radius.
+    undefined = jnp.isnan(row_sum + radius) | (jnp.isinf(row_sum) & jnp.isfinite(radius))
+    return jnp.where(undefined, jnp.nan, theta)
 
 
 @_threshold.defjvp
@@ -136,11 +167,12 @@ def _shrink(values, magnitudes, theta):
     """``sign(v) max(|v| - theta, 0)`` per row; rows with ``theta == 0`` come back as is.
 
     Written with selects rather than ``maximum`` so the Jacobian is the identity inside the
-    ball (including at 0) and a NaN threshold gives NaN rather than a zero row.
+    ball (including at 0) and a NaN threshold gives NaN rather than a zero row. Subnormal
+    entries of a row returned as is are flushed to zero (:func:`_flush_denormals`).
     """
     theta = theta[..., None]
     shrunk = jnp.where(magnitudes <= theta, 0, values - jnp.sign(values) * theta)
-    return jnp.where(theta == 0, values, shrunk)
+    return jnp.where(theta == 0, _flush_denormals(values), shrunk)
 
 
 def _shrink_nonnegative(magnitudes, theta):
@@ -180,6 +212,11 @@ def l1_threshold(abs_x, radius, *, axis=-1, init=None, method="active_set"):
 
     The derivative is that of :math:`\theta = (\sum_{j \in A} a_j - r)/|A|` on the final
     active set ``A`` (zero at ``r == 0`` and inside the ball).
+
+    Feasibility comes first: where the float nearest the exact threshold would leave the
+    projection's l1 norm above ``r`` (a threshold near the largest of many entries), the
+    next float up is returned, so the projection stays inside the ball (up to the rounding
+    of a float sum, about 1e-6 relative in float32) at the cost of one ulp of ``theta``.
 
     Args:
       abs_x: nonnegative magnitudes (not checked), floating dtype.

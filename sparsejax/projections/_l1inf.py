@@ -7,7 +7,13 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from sparsejax.projections._common import _group_rows, _ungroup_rows, _validate_groups
+from sparsejax.projections._common import (
+    _flush_denormals,
+    _group_rows,
+    _ungroup_rows,
+    _unless_empty,
+    _validate_groups,
+)
 from sparsejax.projections._l1 import _active_set_threshold, _count_and_sum
 
 
@@ -56,8 +62,9 @@ def _l1inf_caps(magnitudes, radius):
     zero = jnp.zeros((), magnitudes.dtype)
     start = (zero, row_max, jnp.full((rows,), -1, jnp.int32), jnp.array(True), 0)
     _, caps, *_ = jax.lax.while_loop(keep_going, step, start)
-    # A NaN row drops out of the Newton sums; it must still poison every cap.
-    caps = jnp.where(jnp.isnan(jnp.sum(row_sum)), jnp.nan, caps)
+    # A NaN row drops out of the Newton sums; it must still poison every cap, and so must an
+    # infinite total (an inf entry or an overflow: the caller returns the input at radius inf).
+    caps = jnp.where(jnp.isfinite(jnp.sum(row_sum)), caps, jnp.nan)
     return jnp.where(radius == 0, 0, caps)
 
 
@@ -96,7 +103,8 @@ def l1inf_ball(x, radius, *, group_axis=0):
       group_axis: a group is the slice at one index of this axis.
 
     Returns:
-      The projection, shape and dtype of ``x``.
+      The projection, shape and dtype of ``x``. An empty ``x`` (no group, or groups
+      with no entry) is returned as is.
 
     Raises:
       ValueError: for a non-floating ``x``, a bad ``group_axis``, or a concrete negative,
@@ -114,7 +122,7 @@ def l1inf_ball(x, radius, *, group_axis=0):
       [[ 1.5 -1.5]
        [ 0.5  0. ]]
     """
-    return _l1inf_core(*_validate_groups(x, group_axis, radius))
+    return _unless_empty(_l1inf_core, *_validate_groups(x, group_axis, radius))
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -124,4 +132,4 @@ def _l1inf_core(x, group_axis, radius):
     inside = jnp.sum(jnp.max(magnitudes, axis=-1)) <= radius
     caps = _l1inf_caps(magnitudes, radius)
     clipped = jnp.sign(rows) * jnp.minimum(magnitudes, caps[:, None])
-    return _ungroup_rows(jnp.where(inside, rows, clipped), x, group_axis)
+    return _ungroup_rows(jnp.where(inside, _flush_denormals(rows), clipped), x, group_axis)

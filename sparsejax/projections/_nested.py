@@ -15,6 +15,7 @@ from sparsejax.projections._common import (
     _check_radius,
     _compute_dtype,
     _normalize_axis,
+    _unless_empty,
 )
 from sparsejax.projections._groups import _nested_l1
 
@@ -49,7 +50,8 @@ def l111_ball(x, radius, *, group_axes=(-2, -1), method="active_set"):
       method: the l1 method of the innermost stage (see :func:`l1_threshold`).
 
     Returns:
-      The nested bi-level projection, shape and dtype of ``x``.
+      The nested bi-level projection, shape and dtype of ``x``. An empty ``x`` (no group, or groups
+      with no entry) is returned as is.
 
     Raises:
       ValueError: for a non-floating ``x``, empty, repeated or out-of-range ``group_axes``,
@@ -72,7 +74,7 @@ def l111_ball(x, radius, *, group_axes=(-2, -1), method="active_set"):
     _check_method(method)
     _check_radius(radius, scalar=True)
     radius = jnp.asarray(radius, _compute_dtype(x.dtype))
-    return _l111_core(x, radius, tuple(axes), method)
+    return _unless_empty(_l111_core, x, radius, tuple(axes), method)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))

@@ -5,7 +5,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from sparsejax.projections._common import _as_floating, _check_radius, _compute_dtype
+from sparsejax.projections._common import (
+    _as_floating,
+    _check_radius,
+    _compute_dtype,
+    _flush_denormals,
+    _unless_empty,
+)
 from sparsejax.projections._l1 import _last_axis_threshold, _shrink_nonnegative
 
 
@@ -19,7 +25,7 @@ def _spectral_parts(matrix, radius):
 def _nuclear_project(matrix, radius):
     """Nuclear-ball projection of a ``(m, n)`` matrix with ``m <= n``."""
     u, _, vt, theta, shrunk = _spectral_parts(matrix, radius)
-    return jnp.where(theta == 0, matrix, (u * shrunk) @ vt)
+    return jnp.where(theta == 0, _flush_denormals(matrix), (u * shrunk) @ vt)
 
 
 @_nuclear_project.defjvp
@@ -36,7 +42,7 @@ def _nuclear_project_jvp(primals, tangents):
     matrix, radius = primals
     matrix_dot, radius_dot = tangents
     u, singular, vt, theta, shrunk = _spectral_parts(matrix, radius)
-    projected = jnp.where(theta == 0, matrix, (u * shrunk) @ vt)
+    projected = jnp.where(theta == 0, _flush_denormals(matrix), (u * shrunk) @ vt)
 
     left = u.T @ matrix_dot
     core = left @ vt.T
@@ -88,7 +94,8 @@ def nuclear_ball(x, radius):
       radius: nonnegative scalar :math:`\eta`.
 
     Returns:
-      The projection, shape and dtype of ``x``.
+      The projection, shape and dtype of ``x``. An empty ``x`` (no group, or groups
+      with no entry) is returned as is.
 
     Raises:
       ValueError: for a non-floating ``x``, ``x.ndim < 2``, or a concrete negative, NaN or
@@ -107,7 +114,7 @@ def nuclear_ball(x, radius):
     if x.ndim < 2:
         raise ValueError(f"x must have at least 2 dimensions, got shape {x.shape}.")
     _check_radius(radius, scalar=True)
-    return _nuclear_core(x, jnp.asarray(radius, _compute_dtype(x.dtype)))
+    return _unless_empty(_nuclear_core, x, jnp.asarray(radius, _compute_dtype(x.dtype)))
 
 
 @jax.jit

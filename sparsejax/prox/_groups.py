@@ -58,6 +58,24 @@ def _safe_sqrt(x: jax.Array) -> jax.Array:
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1)), x * 0)  # x * 0 keeps NaN
 
 
+def _group_scale(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """Per group, the peak magnitude where squaring would under- or overflow, else 1.
+
+    Dividing by it brings the group's entries to at most 1 (the norms, and the prox, are
+    homogeneous); it is capped so that XLA's reciprocal ``1 / scale`` stays a normal number.
+    Groups at ordinary scales use 1, so their results do not change by a single rounding.
+    """
+    peak = jax.lax.stop_gradient(jnp.max(jnp.abs(x), axis=axes, keepdims=True, initial=0))
+    extreme = ((peak > 2.0**32) | (peak < 2.0**-32)) & (peak > 0) & (peak < jnp.inf)
+    return jnp.where(extreme, jnp.minimum(peak, 2.0 ** (jnp.finfo(x.dtype).maxexp - 8)), 1)
+
+
+def _frobenius(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """Group l2 norms (reduced axes kept), also at scales where ``x**2`` under- or overflows."""
+    scale = _group_scale(x, axes)
+    return scale * _safe_sqrt(jnp.sum(jnp.square(x / scale), axis=axes, keepdims=True))
+
+
 def group_norms(x: ArrayLike, group: str = "weight") -> jax.Array:
     r"""Frobenius norm of every group, with the reduced axes kept (size 1).
 
@@ -83,4 +101,4 @@ def group_norms(x: ArrayLike, group: str = "weight") -> jax.Array:
     x = x.astype(_compute_dtype(x.dtype))
     if not axes:
         return jnp.abs(x)
-    return _safe_sqrt(jnp.sum(jnp.square(x), axis=axes, keepdims=True))
+    return _frobenius(x, axes)

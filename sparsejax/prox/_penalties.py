@@ -7,8 +7,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from sparsejax.prox._groups import _compute_dtype, _safe_sqrt, group_axes
-from sparsejax.prox._thresholds import ArrayLike, soft_threshold
+from sparsejax.prox._groups import _compute_dtype, _frobenius, _group_scale, group_axes
+from sparsejax.prox._thresholds import ArrayLike, check_nonnegative, soft_threshold
 
 # Newton on the secular equation of the weighted group-lasso prox converges monotonically and
 # fast (quadratically near the root); the cap only guards against float stagnation.
@@ -48,7 +48,8 @@ def l1(x: ArrayLike, lam: ArrayLike, step: ArrayLike = 1.0, *, group: str = "wei
       The prox, with the shape and dtype of ``x``.
 
     Raises:
-      ValueError: as :func:`group_axes`.
+      ValueError: as :func:`group_axes`; a concrete negative or NaN ``lam`` or ``step`` (traced
+        values, e.g. under ``jit``, are not checked).
 
     >>> import jax.numpy as jnp
     >>> z = jnp.array([[3.0, 4.0], [0.3, 0.4]])
@@ -58,18 +59,22 @@ def l1(x: ArrayLike, lam: ArrayLike, step: ArrayLike = 1.0, *, group: str = "wei
 
     Reference: Formanek & Hadhazi, eqs. (9), (12)-(14).
     """
+    check_nonnegative(lam, "lam")
+    check_nonnegative(step, "step")
     x = jnp.asarray(x)
     axes = group_axes(x.ndim, group)
     dtype = _compute_dtype(x.dtype)
     z = x.astype(dtype)
     threshold = jnp.asarray(lam, dtype) * jnp.asarray(step, dtype)
-    if not axes:
+    if not axes or z.size == 0:
         out = soft_threshold(z, threshold)
     elif jnp.ndim(step) == 0:
-        norms = _safe_sqrt(jnp.sum(jnp.square(z), axis=axes, keepdims=True))
-        out = z * _shrink_factor(norms, threshold)
+        out = z * _shrink_factor(_frobenius(z, axes), threshold)
     else:
-        out = _weighted_group_shrink(z, jnp.broadcast_to(threshold, z.shape), axes)
+        # The prox is homogeneous in (z, threshold): solve it at a scale where z**2 is finite.
+        scale = _group_scale(z, axes)
+        c = jnp.broadcast_to(threshold, z.shape) / scale
+        out = scale * _weighted_group_shrink(z / scale, c, axes)
     return out.astype(x.dtype)
 
 
@@ -157,7 +162,8 @@ def l0(x: ArrayLike, lam: ArrayLike, step: ArrayLike = 1.0, *, group: str = "wei
       The prox, with the shape and dtype of ``x``.
 
     Raises:
-      ValueError: as :func:`group_axes`.
+      ValueError: as :func:`group_axes`; a concrete negative or NaN ``lam`` or ``step`` (traced
+        values, e.g. under ``jit``, are not checked).
 
     >>> import jax.numpy as jnp
     >>> print(l0(jnp.array([-3.0, 0.5, 1.5]), 1.0))
@@ -165,6 +171,8 @@ def l0(x: ArrayLike, lam: ArrayLike, step: ArrayLike = 1.0, *, group: str = "wei
 
     Reference: Formanek & Hadhazi, eqs. (10)-(14).
     """
+    check_nonnegative(lam, "lam")
+    check_nonnegative(step, "step")
     x = jnp.asarray(x)
     axes = group_axes(x.ndim, group)
     dtype = _compute_dtype(x.dtype)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from sparsejax.prox._groups import group_norms
-from sparsejax.prox._thresholds import ArrayLike
+from sparsejax.prox._thresholds import ArrayLike, check_count, check_fraction
 
 
 def prune_smallest(x: ArrayLike, rate: ArrayLike, *, group: str = "weight") -> jax.Array:
@@ -35,7 +35,8 @@ def prune_smallest(x: ArrayLike, rate: ArrayLike, *, group: str = "weight") -> j
       ``x`` with the selected groups set to zero.
 
     Raises:
-      ValueError: as :func:`group_axes`.
+      ValueError: as :func:`group_axes`; a concrete ``rate`` outside ``[0, 1]`` or NaN (a
+        traced one is clipped to ``[0, 1]``).
 
     >>> import jax.numpy as jnp
     >>> x = jnp.array([[1.0, 2.0], [0.1, 0.1], [3.0, 0.0]])
@@ -46,6 +47,7 @@ def prune_smallest(x: ArrayLike, rate: ArrayLike, *, group: str = "weight") -> j
 
     Reference: Formanek & Hadhazi, Sec. II.C ("L0 with compression rate").
     """
+    check_fraction(rate, "rate")
     x = jnp.asarray(x)
     norms = group_norms(x, group)
     count = norms.size
@@ -78,10 +80,13 @@ def _smallest(values: jax.Array, n_smallest: jax.Array) -> jax.Array:
 def _largest_mask(magnitudes: jax.Array, keep: jax.Array) -> jax.Array:
     """Boolean mask of the ``keep`` largest entries of a flat non-negative array."""
     # The bit patterns of non-negative floats are ordered like the floats, so a bisection over
-    # 32-bit integers finds the k-th largest magnitude exactly, in 32 vectorised counting
-    # passes: an order of magnitude faster than a sort on CPU for a 784x300 kernel.
-    bits = jax.lax.bitcast_convert_type(magnitudes.astype(jnp.float32), jnp.int32)
-    keep = jnp.asarray(keep, jnp.int32)
+    # 32-bit (64-bit for float64) integers finds the k-th largest magnitude exactly, in 32
+    # (64) vectorised counting passes: an order of magnitude faster than a sort on CPU for a
+    # 784x300 kernel. NaN patterns lie above inf's: NaN entries rank first.
+    magnitudes = magnitudes.astype(jnp.promote_types(magnitudes.dtype, jnp.float32))
+    int_dtype = jnp.int32 if magnitudes.dtype.itemsize == 4 else jnp.int64
+    bits = jax.lax.bitcast_convert_type(magnitudes, int_dtype)
+    keep = jnp.asarray(keep, int_dtype)
 
     def halve(_, bounds):
         low, high = bounds
@@ -89,8 +94,9 @@ def _largest_mask(magnitudes: jax.Array, keep: jax.Array) -> jax.Array:
         enough = jnp.sum(bits >= middle) >= keep
         return jnp.where(enough, middle, low), jnp.where(enough, high, middle)
 
-    infinity_bits = jnp.int32(0x7F800000)
-    kth, _ = jax.lax.fori_loop(0, 32, halve, (jnp.int32(0), infinity_bits + 1))
+    top = jnp.asarray(jnp.iinfo(int_dtype).max, int_dtype)
+    start = (jnp.asarray(0, int_dtype), top)
+    kth, _ = jax.lax.fori_loop(0, 8 * magnitudes.dtype.itemsize, halve, start)
     above = bits > kth
     tied = bits == kth
     return (above | (tied & (jnp.cumsum(tied) <= keep - jnp.sum(above)))) & (keep > 0)
@@ -101,7 +107,8 @@ def keep_largest(kernel: jax.Array, keep: jax.Array) -> jax.Array:
 
     This is a Euclidean projection onto the (non-convex) set
     :math:`\{W : \|W\|_0 \le k\}`; ties are broken by position (earlier entries first), so
-    exactly ``min(keep, size)`` entries survive. ``keep`` may be traced.
+    exactly ``min(keep, size)`` entries survive. ``keep`` may be traced. ``NaN`` entries rank
+    above every number (kept first, so that they propagate).
 
     Args:
       kernel: a floating-point array of any shape.
@@ -110,11 +117,16 @@ def keep_largest(kernel: jax.Array, keep: jax.Array) -> jax.Array:
     Returns:
       The pruned array.
 
+    Raises:
+      ValueError: a concrete ``keep`` that is not an integer >= 0 (a traced one is not
+        checked).
+
     >>> import jax.numpy as jnp
     >>> print(keep_largest(jnp.array([[3.0, -1.0], [-4.0, 2.0]]), 2))
     [[ 3.  0.]
      [-4.  0.]]
     """
+    check_count(keep, "keep")
     kernel = jnp.asarray(kernel)
     kept = _largest_mask(jnp.abs(kernel).reshape(-1), keep)
     return jnp.where(kept.reshape(kernel.shape), kernel, 0)
@@ -135,13 +147,24 @@ def keep_largest_inputs(kernel: jax.Array, keep: jax.Array) -> jax.Array:
     Returns:
       The pruned array.
 
+    Raises:
+      ValueError: a concrete ``keep`` that is not an integer >= 0 (a traced one is not
+        checked).
+
     >>> import jax.numpy as jnp
     >>> print(keep_largest_inputs(jnp.array([[3.0, 0.0], [1.0, 1.0], [0.0, -2.0]]), 2))
     [[ 3.  0.]
      [ 0.  0.]
      [ 0. -2.]]
     """
+    check_count(keep, "keep")
     kernel = jnp.asarray(kernel)
+    if kernel.ndim < 2:
+        raise ValueError(
+            f"kernel must have at least 2 dimensions (inputs on axis -2), got shape {kernel.shape}."
+        )
+    if kernel.size == 0:
+        return kernel
     inputs = jnp.moveaxis(kernel, -2, 0)
     norms = jnp.sqrt(jnp.sum(inputs.reshape(len(inputs), -1) ** 2, axis=1))
     kept = _largest_mask(norms, keep)

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sparsejax.prox._rate import _smallest
 from sparsejax.transforms import _selection as selection
 
 
@@ -112,13 +113,16 @@ def keep_pruned(mask: Any) -> optax.GradientTransformation:
 
     Args:
       mask: a pytree of booleans with the structure of the parameters (e.g. from
-        :func:`support_mask` or :func:`magnitude_mask`).
+        :func:`support_mask` or :func:`magnitude_mask`), each leaf of exactly its parameter's
+        shape (a mask that merely broadcasts, e.g. ``(3,)`` on a ``(4, 3)`` kernel, is most
+        likely built for another leaf and is refused).
 
     Returns:
       An ``optax.GradientTransformation``.
 
     Raises:
-      ValueError: when updated without ``params``.
+      ValueError: when updated without ``params``; at ``init`` (and ``update``) when a mask
+        leaf's shape differs from its parameter's, naming the path and both shapes.
 
     >>> import jax.numpy as jnp, optax
     >>> params = {"w": jnp.array([1.0, 0.0])}
@@ -129,18 +133,31 @@ def keep_pruned(mask: Any) -> optax.GradientTransformation:
     """
 
     def init_fn(params):
-        del params
+        _check_mask_shapes(mask, params)
         return KeepPrunedState()
 
     def update_fn(updates, state, params=None):
         if params is None:
             raise ValueError(selection.NO_PARAMS_MSG)
+        _check_mask_shapes(mask, params)  # shapes are static: free under jit
         masked = jax.tree_util.tree_map(
             lambda u, p, m: jnp.where(m, u, -p).astype(u.dtype), updates, params, mask
         )
         return masked, state
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _check_mask_shapes(mask: Any, params: Any) -> None:
+    def check(path, leaf, leaf_mask):
+        if np.shape(leaf_mask) != np.shape(leaf):
+            raise ValueError(
+                f"keep_pruned: the mask at {selection.path_string(path)!r} has shape "
+                f"{np.shape(leaf_mask)} but the parameter has shape {np.shape(leaf)}; masks "
+                "must match exactly (build them with support_mask or magnitude_mask)."
+            )
+
+    jax.tree_util.tree_map_with_path(check, params, mask)
 
 
 def magnitude_mask(
@@ -156,39 +173,57 @@ def magnitude_mask(
         ``"layer"`` prunes the same fraction of every selected leaf.
 
     Returns:
-      A pytree of boolean arrays with the structure of ``params``. Entries equal to the
-      threshold are pruned with it, so slightly more weights than requested may go when
-      magnitudes repeat.
+      A pytree of boolean arrays with the structure of ``params``. Exactly
+      ``floor(sparsity * n)`` of the ``n`` ranked weights are pruned (per leaf for
+      ``scope="layer"``); among equal magnitudes the earlier ones go first (leaves in
+      tree-flattening order, entries in row-major order), so ties never prune more than
+      asked. NaN magnitudes rank last (kept).
 
     Raises:
-      ValueError: ``sparsity`` outside ``[0, 1]``, an unknown ``scope``, or an empty selection.
+      ValueError: ``sparsity`` that is not a real number in ``[0, 1]``, an unknown ``scope``,
+        or an empty selection.
 
     >>> import jax.numpy as jnp
     >>> m = magnitude_mask({"kernel": jnp.array([[1.0, -3.0], [0.5, 2.0]])}, 0.5)
     >>> m["kernel"].tolist()
     [[False, True], [False, True]]
     """
-    if not 0.0 <= float(sparsity) <= 1.0:
-        raise ValueError(f"sparsity must be in [0, 1], got {sparsity!r}")
+    _check_sparsity(sparsity)
     if scope not in ("global", "layer"):
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
     chosen = dict(selection.selected_leaves(params, where))
 
-    def threshold(values):
-        k = int(np.floor(sparsity * values.size))
-        if k == 0:
-            return -jnp.inf
-        return jnp.sort(values)[k - 1]
+    def keep(magnitudes):
+        """Flat mask keeping all but the floor(sparsity * n) smallest (ties: earliest go)."""
+        magnitudes = magnitudes.astype(jnp.promote_types(magnitudes.dtype, jnp.float32))
+        n_pruned = int(np.floor(float(sparsity) * magnitudes.size))
+        return ~_smallest(magnitudes, jnp.asarray(n_pruned, jnp.int32))
 
+    magnitudes = {name: jnp.abs(jnp.ravel(jnp.asarray(leaf))) for name, leaf in chosen.items()}
     if scope == "global":
-        cut = threshold(jnp.concatenate([jnp.abs(jnp.ravel(v)) for v in chosen.values()]))
+        flat = keep(jnp.concatenate(list(magnitudes.values())))
+        ends = np.cumsum([m.size for m in magnitudes.values()])
+        kept = dict(zip(magnitudes, jnp.split(flat, ends[:-1]), strict=True))
+    else:
+        kept = {name: keep(m) for name, m in magnitudes.items()}
 
     def leaf_mask(path, leaf):
         name = selection.path_string(path)
         if name not in chosen:
             return jnp.ones(np.shape(leaf), bool)
-        magnitude = jnp.abs(jnp.asarray(leaf))
-        leaf_cut = cut if scope == "global" else threshold(jnp.ravel(magnitude))
-        return magnitude > leaf_cut
+        return kept[name].reshape(np.shape(leaf))
 
     return jax.tree_util.tree_map_with_path(leaf_mask, params)
+
+
+def _check_sparsity(sparsity: Any) -> None:
+    valid = (
+        not isinstance(sparsity, bool)
+        and isinstance(sparsity, (int, float, np.integer, np.floating))
+        and 0.0 <= float(sparsity) <= 1.0
+    )
+    if not valid:
+        raise ValueError(
+            f"sparsity must be a number in [0, 1] (the fraction of the selected weights to "
+            f"prune), got sparsity={sparsity!r}."
+        )

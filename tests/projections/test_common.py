@@ -11,7 +11,22 @@ from tests.projections._reference import (
     FUNCTIONS,
     REFERENCES,
     SHAPE,
+    l1_norm,
+    l1inf_norm,
+    l21_norm,
+    nuclear_norm,
 )
+
+NORMS = {
+    "l1": lambda w: np.abs(w).sum(axis=-1).max(),  # every row is its own ball
+    "l1_sort": lambda w: np.abs(w).sum(axis=-1).max(),
+    "l21": l21_norm,
+    "l11": l1_norm,
+    "l111": l1_norm,
+    "bilevel_l1inf": l1inf_norm,
+    "l1inf": l1inf_norm,
+    "nuclear": nuclear_norm,
+}
 
 
 @pytest.mark.parametrize("name", list(FUNCTIONS))
@@ -79,6 +94,36 @@ def test_nan_input_gives_nan_output(name):
         assert np.all(np.isnan(got))
 
 
+@pytest.mark.parametrize("name", list(FUNCTIONS))
+def test_inf_input_gives_nan_below_an_infinite_radius(name):
+    x = jnp.ones(SHAPE).at[1, 2].set(jnp.inf)
+    got = np.asarray(FUNCTIONS[name](x, np.float32(1.0)))
+    if name in ("l1", "l1_sort"):  # independent rows: the row with the inf, and only it
+        assert np.all(np.isnan(got[1])) and np.all(np.isfinite(np.delete(got, 1, axis=0)))
+    else:
+        assert np.all(np.isnan(got))
+    got = np.asarray(FUNCTIONS[name](x, np.float32(np.inf)))
+    if name == "nuclear":  # the SVD of a matrix holding an inf is NaN
+        assert np.all(np.isnan(got))
+    else:  # every array lies in the ball of infinite radius
+        assert np.array_equal(got, x)
+
+
+@pytest.mark.parametrize("name", list(FUNCTIONS))
+def test_subnormal_input_does_not_come_back_outside_the_ball(name):
+    """XLA on CPU reads subnormal float32 operands as zero: the projection must not then
+    return them unchanged outside a ball of (subnormal or zero) radius."""
+    x = np.full(SHAPE, 1e-40, np.float32) * np.where(np.eye(*SHAPE), -1, 1).astype(np.float32)
+    norm = NORMS[name]
+    for radius in (np.float32(1e-41), np.float32(0), np.float32(1.0)):
+        got = np.asarray(FUNCTIONS[name](x, radius), np.float64)
+        assert norm(got) <= float(radius)
+    with jax.enable_x64(True):
+        x64 = jnp.asarray(x, jnp.float64) * 1e-270  # about 1e-310: subnormal float64
+        got = np.asarray(FUNCTIONS[name](x64, 1e-311))
+        assert got.dtype == np.float64 and norm(got) <= 1e-311
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [
@@ -110,3 +155,14 @@ def test_nan_input_gives_nan_output(name):
 def test_bad_input_raises_value_error_naming_the_argument(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize("name", list(FUNCTIONS))
+@pytest.mark.parametrize("shape", [(0, 5), (5, 0), (0, 0), (3, 0, 4), (0, 2, 3), (2, 3, 0)])
+def test_empty_input_comes_back_as_is(name, shape):
+    """Zero groups or zero-width groups: an empty array lies in every ball."""
+    x = jnp.zeros(shape, jnp.bfloat16)
+    for radius in (0.0, 1.0):
+        got = FUNCTIONS[name](x, np.float32(radius))
+        assert got.shape == shape and got.dtype == jnp.bfloat16
+    assert jax.jit(FUNCTIONS[name])(x, 1.0).shape == shape

@@ -54,3 +54,18 @@ def test_bilevel_operators_zero_whole_groups_but_l21_budget_holds():
     # l1,1 is not the Euclidean projection onto the same set (that is the flat l1 ball).
     flat = ref_l1(x.ravel(), 2.0).reshape(SHAPE)
     assert not np.allclose(projections.l11_ball(x, np.float32(2.0)), flat, atol=1e-3)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+def test_l21_at_extreme_scales_is_the_scaled_projection(scale):
+    """The projection is homogeneous: P(s x, s r) = s P(x, r), also where x**2 under- or
+    overflows in float32."""
+    x = np.random.default_rng(6).standard_normal((3, 4, 5)).astype(np.float32)
+    for radius in (0.7, 3.0):
+        got = np.asarray(
+            projections.l21_ball(x * np.float32(scale), np.float32(radius * scale), group_axis=1)
+        )
+        assert np.all(np.isfinite(got))
+        expected = REFERENCES["l21"](x, radius, group_axis=1)
+        np.testing.assert_allclose(got / scale, expected, atol=1e-5)
+        assert l21_norm(np.moveaxis(got, 1, 0) / scale) <= radius * (1 + 1e-5)

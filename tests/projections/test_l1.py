@@ -133,3 +133,30 @@ def test_l1_ball_float16_and_float32(dtype):
     atol = {jnp.float16: 2e-3, jnp.float32: 1e-6}[dtype]
     np.testing.assert_allclose(np.asarray(got, np.float64), expected, atol=atol)
     assert projections.l1_threshold(jnp.abs(x), 1.5).dtype == jnp.float32
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_l1_ten_million_entries_high_threshold_stays_feasible(method):
+    """A row of 10^7 uniform entries with a radius far below its norm: the threshold sits
+    close to the largest entries, so each float32 rounding of it is multiplied by tens of
+    thousands of active entries."""
+    v = np.random.default_rng(0).uniform(size=10_000_000).astype(np.float32)
+    magnitudes = v.astype(np.float64)
+    for fraction in (1e-3, 1e-4):
+        radius = np.float32(magnitudes.sum() * fraction)
+        w = np.asarray(projections.l1_ball(v, radius, method=method), np.float64)
+        assert np.abs(w).sum() <= float(radius) * (1 + 1e-6)
+        theta = ref_l1_theta(magnitudes, float(radius))
+        np.testing.assert_allclose(w, np.maximum(magnitudes - theta, 0), atol=1e-6)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_l1_near_constant_rows_with_a_tiny_radius_stay_feasible(method):
+    """Thousands of entries close to 1 and a radius of 0.01-1: one float32 ulp of the
+    threshold moves the projected norm by more than the radius's own precision."""
+    x = 1 + np.random.default_rng(3).uniform(size=(4, 3000)) * 1e-2
+    x = (x * np.array([[1], [-1], [1], [-1]])).astype(np.float32)
+    for radius in (1e-2, 1e-1, 1.0):
+        w = np.asarray(projections.l1_ball(x, np.float32(radius), method=method), np.float64)
+        assert np.all(np.abs(w).sum(axis=-1) <= float(np.float32(radius)) * (1 + 1e-6))
+        np.testing.assert_allclose(w, ref_l1_rows(x, radius), atol=2e-7)

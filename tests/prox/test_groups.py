@@ -47,3 +47,14 @@ def test_unknown_group_is_rejected(bad):
 def test_input_group_needs_a_matrix():
     with pytest.raises(ValueError, match="ndim >= 2"):
         prox.l0(jnp.ones(5), 1.0, group="input")
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+def test_group_norms_at_extreme_scales(scale):
+    x = random_kernel(CONV_SHAPE, 11) * np.float32(scale)
+    for group in ("kernel", "input", "output"):
+        norms = np.asarray(prox.group_norms(jnp.asarray(x), group)).ravel()
+        expected = [
+            np.linalg.norm(x[m].astype(np.float64)) for m in reference_groups(CONV_SHAPE, group)
+        ]
+        np.testing.assert_allclose(np.sort(norms), np.sort(expected), rtol=1e-6)

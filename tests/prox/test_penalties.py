@@ -229,3 +229,62 @@ def test_nan_propagates():
     z = jnp.array([[jnp.nan, 1.0], [3.0, 4.0]])
     assert np.isnan(np.asarray(prox.l1(z, 0.1, 1.0, group="input"))[0]).all()
     assert np.isnan(np.asarray(prox.soft_threshold(z, 0.1))[0, 0])
+
+
+@pytest.mark.parametrize("penalty", [prox.l1, prox.l0])
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"lam": -0.1}, "lam"),
+        ({"lam": float("nan")}, "lam"),
+        ({"lam": np.float32(-1)}, "lam"),
+        ({"lam": jnp.asarray(-2.0)}, "lam"),
+        ({"lam": "0.5"}, "lam"),
+        ({"lam": True}, "lam"),
+        ({"lam": 0.5, "step": -1.0}, "step"),
+        ({"lam": 0.5, "step": np.array([[0.1], [-0.1]])}, "step"),
+    ],
+)
+def test_bad_concrete_hyperparameters_raise_naming_them(penalty, kwargs, name):
+    x = jnp.ones((2, 3))
+    with pytest.raises(ValueError, match=rf"{name}=") as error:
+        penalty(x, **kwargs)
+    assert "nonnegative" in str(error.value) or "real number" in str(error.value)
+
+
+@pytest.mark.parametrize("penalty", [prox.l1, prox.l0])
+def test_traced_lam_and_step_stay_jittable(penalty):
+    x = random_kernel(CONV_SHAPE, 7)
+    mu = np.abs(random_kernel(CONV_SHAPE, 8)) + 0.1
+    jitted = jax.jit(lambda x, lam, mu: penalty(x, lam, mu, group="input"))
+    np.testing.assert_allclose(jitted(x, 0.3, mu), penalty(x, 0.3, mu, group="input"), rtol=1e-6)
+    # A device array of per-weight steps is not read back (no host synchronisation).
+    assert penalty(x, 0.3, jnp.asarray(mu), group="input").shape == CONV_SHAPE
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+@pytest.mark.parametrize("group", ["kernel", "input", "output"])
+def test_l1_groups_at_extreme_scales(scale, group):
+    """The prox is homogeneous, prox(s z; s lam) = s prox(z; lam), also where z**2 under- or
+    overflows in float32."""
+    z = random_kernel(CONV_SHAPE, 9)
+    norms = [np.linalg.norm(z[m]) for m in reference_groups(CONV_SHAPE, group)]
+    lam = between_middle_values(norms)
+    zs = jnp.asarray(z * np.float32(scale))
+    got = np.asarray(prox.l1(zs, lam * scale, group=group), np.float64) / scale
+    expected = reference_group_shrink(z.astype(np.float64), lam, group)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    mu = np.abs(random_kernel(CONV_SHAPE, 10)) + 0.1
+    per_weight = np.asarray(prox.l1(zs, lam * scale, mu, group=group), np.float64) / scale
+    unscaled = np.asarray(prox.l1(jnp.asarray(z), lam, mu, group=group), np.float64)
+    np.testing.assert_allclose(per_weight, unscaled, atol=1e-5)
+    assert not np.allclose(per_weight, z, atol=1e-3)  # the case is not trivial
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (5, 0), (2, 0, 3, 4)])
+def test_empty_kernels_come_back_empty(shape):
+    x = jnp.zeros(shape)
+    for group in ("kernel", "input", "output"):
+        assert prox.l1(x, 0.5, jnp.full(shape, 0.1), group=group).shape == shape
+        assert prox.l0(x, 0.5, jnp.full(shape, 0.1), group=group).shape == shape
+        assert prox.prune_smallest(x, 0.5, group=group).shape == shape

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -65,3 +66,38 @@ def test_prune_smallest_extreme_values():
     # order of |x|: 0 (row 1), -0 (row 3), 1e-38, 1, 2, 1e38 go; inf and NaN (last) stay
     assert np.isinf(out[0, 0]) and np.isnan(out[1, 0])
     assert np.count_nonzero(out[~np.isnan(out)]) == 1
+
+
+@pytest.mark.parametrize("rate", [1.5, -0.25, float("nan"), np.float32(2), "0.5", None])
+def test_prune_smallest_rejects_a_rate_outside_zero_one(rate):
+    with pytest.raises(ValueError, match="rate="):
+        prox.prune_smallest(jnp.ones((4, 3)), rate, group="input")
+
+
+def test_prune_smallest_traced_rate_stays_jittable():
+    x = jnp.asarray(random_kernel(DENSE_SHAPE, 19))
+    jitted = jax.jit(lambda x, rate: prox.prune_smallest(x, rate, group="input"))
+    np.testing.assert_array_equal(jitted(x, 0.5), prox.prune_smallest(x, 0.5, group="input"))
+
+
+@pytest.mark.parametrize("function", [prox.keep_largest, prox.keep_largest_inputs])
+@pytest.mark.parametrize("keep", [-1, 2.5, float("nan"), "2", np.array([1, 2])])
+def test_keep_largest_rejects_a_bad_count(function, keep):
+    with pytest.raises(ValueError, match="keep="):
+        function(jnp.ones((4, 3)), keep)
+
+
+def test_keep_largest_ranks_float64_exactly():
+    with jax.enable_x64(True):
+        x = np.array([1.0, 1.0 + 1e-12, 1.0 + 2e-12, 0.5, -(1.0 + 3e-12)])  # equal in float32
+        for keep in range(6):
+            got = np.asarray(prox.keep_largest(jnp.asarray(x), keep))
+            expected = x.copy()
+            expected[np.argsort(-np.abs(x), kind="stable")[keep:]] = 0
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_keep_largest_inputs_empty_and_one_dimensional():
+    assert prox.keep_largest_inputs(jnp.zeros((0, 5)), 2).shape == (0, 5)
+    with pytest.raises(ValueError, match="kernel"):
+        prox.keep_largest_inputs(jnp.ones(4), 2)

@@ -50,3 +50,10 @@ def test_soft_threshold_is_the_prox_of_the_l1_norm():
         grid = np.linspace(-4, 4, 80001)
         best = grid[np.argmin(0.5 * (grid - zi) ** 2 + t * np.abs(grid))]
         assert abs(oi - best) < 2e-4
+
+
+@pytest.mark.parametrize("function", [prox.soft_threshold, prox.hard_threshold])
+@pytest.mark.parametrize("threshold", [-1.0, float("nan"), np.array([0.5, -0.5]), "1"])
+def test_bad_concrete_thresholds_raise_naming_threshold(function, threshold):
+    with pytest.raises(ValueError, match="threshold="):
+        function(jnp.ones(2), threshold)

@@ -109,3 +109,48 @@ def test_project_once_equals_one_projection_step():
     for name in ("Dense_0", "Dense_1"):
         assert float(jnp.abs(projected[name]["kernel"]).sum()) == pytest.approx(3.0, rel=1e-5)
     chex.assert_trees_all_equal(projected["Dense_0"]["bias"], params["Dense_0"]["bias"])
+
+
+@pytest.mark.parametrize("mask_shape", [(3,), (1, 3), (4, 1), (3, 4)])
+def test_keep_pruned_refuses_a_mask_that_only_broadcasts(mask_shape):
+    params = {"Dense_0": {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros(3)}}
+    mask = {"Dense_0": {"kernel": jnp.ones(mask_shape, bool), "bias": jnp.ones(3, bool)}}
+    tx = sparsejax.keep_pruned(mask)
+    with pytest.raises(ValueError, match=r"Dense_0/kernel.*\(4, 3\)") as error:
+        tx.init(params)
+    assert str(mask_shape) in str(error.value)
+    state = sparsejax.keep_pruned(sparsejax.support_mask(params)).init(params)
+    with pytest.raises(ValueError, match="Dense_0/kernel"):
+        jax.jit(tx.update)(params, state, params)
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+@pytest.mark.parametrize("sparsity", [0.5, 0.3, 1 / 3, 0.99])
+def test_magnitude_mask_on_ties_prunes_exactly_the_fraction_earliest_first(scope, sparsity):
+    params = {"a": {"kernel": jnp.full((4, 3), -2.0)}, "b": {"kernel": jnp.full((2, 3), 2.0)}}
+    mask = sparsejax.magnitude_mask(params, sparsity, scope=scope)
+    flat = {name: np.asarray(mask[name]["kernel"]).ravel() for name in ("a", "b")}
+    if scope == "global":
+        pruned = ~np.concatenate([flat["a"], flat["b"]])
+        expected = np.arange(18) < int(np.floor(sparsity * 18))
+        np.testing.assert_array_equal(pruned, expected)
+    else:
+        for name, size in (("a", 12), ("b", 6)):
+            expected = np.arange(size) < int(np.floor(sparsity * size))
+            np.testing.assert_array_equal(~flat[name], expected)
+
+
+def test_magnitude_mask_ties_among_distinct_values_match_a_stable_numpy_ranking():
+    values = np.random.default_rng(7).integers(-3, 4, (10, 6)).astype(np.float32)
+    mask = sparsejax.magnitude_mask({"kernel": jnp.asarray(values)}, 0.45)["kernel"]
+    order = np.argsort(np.abs(values).ravel(), kind="stable")
+    expected = np.ones(values.size, bool)
+    expected[order[: int(np.floor(0.45 * values.size))]] = False
+    np.testing.assert_array_equal(np.asarray(mask).ravel(), expected)
+
+
+@pytest.mark.parametrize("sparsity", ["0.5", None, True, float("nan"), 1.5, -0.1, [0.5]])
+def test_magnitude_mask_names_a_bad_sparsity(sparsity):
+    with pytest.raises(ValueError, match="sparsity=") as error:
+        sparsejax.magnitude_mask(make_params(), sparsity)
+    assert "[0, 1]" in str(error.value)
