@@ -59,6 +59,12 @@ def _michelot(theta, count, projected_norm, radius):
 
 
 def _active_set_threshold(magnitudes, radius, start, row_sum):
+    """Michelot's fixed point on the rows of ``magnitudes`` (see :func:`_fixed_point`)."""
+    stats = functools.partial(_active_stats, magnitudes)
+    return _fixed_point(stats, magnitudes.shape[-1], radius, start, row_sum)
+
+
+def _fixed_point(stats, n, radius, start, row_sum):
     r"""Michelot's fixed point :math:`\theta \leftarrow (\sum_{a>\theta} a - r)/\#\{a>\theta\}`.
 
     Written as :math:`\theta \leftarrow \theta + (\sum_{a>\theta} (a - \theta) - r)/\#\{a>\theta\}`
@@ -69,20 +75,20 @@ def _active_set_threshold(magnitudes, radius, start, row_sum):
     above the answer it lands at or below it (the set ``{a > start}`` is a subset of the final
     one); a start with nothing above it falls back to the lower bound. Every later step is
     kept monotone, so the active set shrinks until its size stops changing, and a step taken
-    from an unchanged set is the exact answer.
+    from an unchanged set is the exact answer. ``stats(theta)`` gives the size and the sum of
+    ``a - theta`` of the active set of each row, over rows of ``n`` entries.
     """
-    n = magnitudes.shape[-1]
     lower = (row_sum - radius) / n
     if start is None:
         theta, used = lower, jnp.full(radius.shape, n, jnp.int32)
     else:
-        count, projected_norm = _active_stats(magnitudes, start)
+        count, projected_norm = stats(start)
         theta = jnp.where(count > 0, _michelot(start, count, projected_norm, radius), lower)
         used = jnp.where(count > 0, count, n)
 
     def step(state):
         theta, used, *_, iteration = state
-        count, projected_norm = _active_stats(magnitudes, theta)
+        count, projected_norm = stats(theta)
         changed = count != used
         proposal = jnp.where(count > 0, _michelot(theta, count, projected_norm, radius), theta)
         theta = jnp.where(changed, jnp.maximum(theta, proposal), theta)
@@ -135,7 +141,11 @@ def _threshold(method, magnitudes, radius, start):
         start = _sort_threshold(magnitudes, radius)
     row_sum = jnp.sum(magnitudes, axis=-1)
     theta = _active_set_threshold(magnitudes, radius, start, row_sum)
-    row_max = jnp.max(magnitudes, axis=-1)
+    return _settle(theta, row_sum, jnp.max(magnitudes, axis=-1), radius)
+
+
+def _settle(theta, row_sum, row_max, radius):
+    """The cases the fixed point does not decide: inside the ball, radius 0, NaN and inf."""
     theta = jnp.where(row_sum <= radius, 0, jnp.where(radius == 0, row_max, theta))
     theta = jnp.maximum(theta, 0)
     # A NaN drops out of every active set, so a warm start would not see it. An infinite
@@ -156,6 +166,49 @@ def _threshold_jvp(method, primals, tangents):
     theta_dot = (active_dot - radius_dot) / jnp.maximum(count, 1)
     theta_dot = jnp.where((theta > 0) & (count > 0), theta_dot, 0)
     return theta, theta_dot
+
+
+def _whole_stats(magnitudes, theta):
+    """``_active_stats`` over every entry of ``magnitudes`` for one scalar ``theta``: the
+    last axis first, then the rest (a two-level sum, as accurate as a pairwise one here).
+
+    One fused reduction per row is ~10x faster on CPU than two separate sums; on a kernel
+    sharded along its last axis XLA exchanges the per-row partial results (rows x devices
+    numbers), never the kernel."""
+    count, projected_norm = _active_stats(magnitudes, theta)
+    return jnp.sum(count), jnp.sum(projected_norm)
+
+
+def threshold_of_arrays(arrays, radius, init=None):
+    r"""One l1 threshold :math:`\theta` over every entry of several nonnegative arrays.
+
+    The threshold of :func:`l1_threshold` for the concatenation of all entries of ``arrays``
+    (any shapes), computed with reductions only: no array is reshaped or concatenated, so
+    arrays sharded over devices in any layout exchange only their partial counts and sums.
+
+    Args:
+      arrays: a list of nonnegative arrays of one floating dtype.
+      radius: the l1 radius, a nonnegative scalar.
+      init: a scalar warm start (the previous threshold), or None for a cold start.
+
+    Returns:
+      The scalar threshold, with the conventions of :func:`l1_threshold` (0 inside the ball,
+      the largest entry at radius 0, NaN for NaN input or an infinite norm).
+    """
+    dtype = arrays[0].dtype
+    arrays = [jnp.atleast_1d(a) for a in arrays if a.size]
+    radius = jnp.asarray(radius, dtype)
+    if not arrays:  # nothing to shrink
+        return jnp.zeros((), dtype)
+
+    def stats(theta):
+        counts, norms = zip(*(_whole_stats(a, theta) for a in arrays))
+        return sum(counts), sum(norms)
+
+    total = sum(jnp.sum(jnp.sum(a, axis=-1)) for a in arrays)
+    n = sum(a.size for a in arrays)
+    theta = _fixed_point(stats, n, radius, init, total)
+    return _settle(theta, total, jnp.max(jnp.stack([jnp.max(a) for a in arrays])), radius)
 
 
 def _last_axis_threshold(magnitudes, radius, start=None, method="active_set"):

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from sparsejax import projections
+from sparsejax.projections._l1 import threshold_of_arrays
 
 
 class _Leaf(NamedTuple):
@@ -58,6 +59,11 @@ class _BiLevel:
     def shrink(self, x, axis, t, aux, warm):  # -> (y, inner warm start)
         raise NotImplementedError
 
+    def outer_threshold(self, measures, radius, init):
+        """The l1 threshold of all groups' measures (one leaf's, or every leaf's)."""
+        m = measures[0] if len(measures) == 1 else jnp.concatenate(measures)
+        return projections.l1_threshold(m, radius, init=init)
+
     def init_inner(self, leaf: _Leaf) -> jax.Array:
         return jnp.zeros((), leaf.dtype)
 
@@ -66,11 +72,16 @@ class _L1(_BiLevel):
     name = "l1"
     needs_groups = False
 
+    # Every weight is a group: the measures keep the kernel's shape and the threshold is found
+    # with reductions only, so a sharded kernel is never gathered (a flatten would be).
     def measure(self, x, axis):
-        return jnp.abs(x).ravel(), None
+        return jnp.abs(x), None
 
     def shrink(self, x, axis, t, aux, warm):
-        return jnp.sign(x) * t.reshape(x.shape), warm
+        return jnp.sign(x) * t, warm
+
+    def outer_threshold(self, measures, radius, init):
+        return threshold_of_arrays(measures, radius, init)
 
 
 class _L21(_BiLevel):
@@ -158,7 +169,7 @@ def _project_bilevel_per_leaf(constraint, xs, leaves, warm):
     for x, leaf in zip(xs, leaves):
         m, aux = constraint.measure(x, leaf.axis)
         outer, inner = warm[leaf.path]
-        theta = projections.l1_threshold(m, leaf.radius, init=outer)
+        theta = constraint.outer_threshold([m], leaf.radius, outer)
         t = jnp.maximum(m - theta, 0.0)
         y, inner = constraint.shrink(x, leaf.axis, t, aux, inner)
         outs.append(y)
@@ -168,13 +179,10 @@ def _project_bilevel_per_leaf(constraint, xs, leaves, warm):
 
 def _project_bilevel_global(constraint, xs, leaves, warm, radius):
     measured = [constraint.measure(x, leaf.axis) for x, leaf in zip(xs, leaves)]
-    m_all = jnp.concatenate([m for m, _ in measured])
-    theta = projections.l1_threshold(m_all, radius, init=warm["__global__"])
-    t_all = jnp.maximum(m_all - theta, 0.0)
-    outs, new_warm, start = [], {"__global__": theta}, 0
+    theta = constraint.outer_threshold([m for m, _ in measured], radius, warm["__global__"])
+    outs, new_warm = [], {"__global__": theta}
     for x, leaf, (m, aux) in zip(xs, leaves, measured):
-        t = t_all[start : start + m.shape[0]]
-        start += m.shape[0]
+        t = jnp.maximum(m - theta, 0.0)
         y, inner = constraint.shrink(x, leaf.axis, t, aux, warm[leaf.path])
         outs.append(y)
         new_warm[leaf.path] = inner

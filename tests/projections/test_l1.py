@@ -8,6 +8,7 @@ import optax
 import pytest
 
 from sparsejax import projections
+from sparsejax.projections._l1 import threshold_of_arrays
 from tests.projections._reference import (
     METHODS,
     SHAPE,
@@ -160,3 +161,28 @@ def test_l1_near_constant_rows_with_a_tiny_radius_stay_feasible(method):
         w = np.asarray(projections.l1_ball(x, np.float32(radius), method=method), np.float64)
         assert np.all(np.abs(w).sum(axis=-1) <= float(np.float32(radius)) * (1 + 1e-6))
         np.testing.assert_allclose(w, ref_l1_rows(x, radius), atol=2e-7)
+
+
+@pytest.mark.parametrize(
+    "shapes", [[(7,)], [(5, 6)], [(3, 4, 5), (8,), ()], [(2, 3, 2, 4), (0, 3), (6, 1)]]
+)
+@pytest.mark.parametrize("radius", [0.0, 0.3, 5.0, 1e6])
+@pytest.mark.parametrize("warm", [False, True])
+def test_threshold_of_arrays_is_the_threshold_of_the_concatenation(shapes, radius, warm):
+    rng = np.random.default_rng(len(shapes))
+    arrays = [np.abs(rng.normal(size=s)).astype(np.float32) for s in shapes]
+    flat = np.concatenate([a.ravel() for a in arrays])
+    expected = ref_l1_theta(flat, radius) if radius > 0 else flat.max()
+    init = jnp.float32(0.5 * expected + 0.1) if warm else None
+    theta = jax.jit(threshold_of_arrays)([jnp.asarray(a) for a in arrays], radius, init)
+    np.testing.assert_allclose(theta, expected, rtol=1e-5, atol=1e-6)
+    # Feasible: the shrunk entries have l1 norm at most the radius.
+    assert np.maximum(flat - float(theta), 0).sum() <= radius * (1 + 1e-6) + 1e-6
+
+
+def test_threshold_of_arrays_edge_cases():
+    assert float(threshold_of_arrays([jnp.zeros((0, 3))], 1.0)) == 0.0
+    nan = threshold_of_arrays([jnp.ones((2, 2)), jnp.array([jnp.nan])], 1.0)
+    assert np.isnan(nan)
+    inf = threshold_of_arrays([jnp.array([1.0, jnp.inf])], 1.0)
+    assert np.isnan(inf)

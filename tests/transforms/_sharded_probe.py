@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 import sparsejax
 
-SHAPES = {"Dense_0": (64, 32), "Dense_1": (32, 16)}
+SHAPES = {"Dense_0": (64, 256), "Dense_1": (256, 128)}
 
 
 def transformations() -> dict:

@@ -33,18 +33,12 @@ TRANSFORMS = (
     "proximal_rmsprop",
     "xrda",
 )
-# The transformations whose work is a per-group measure, reductions and an elementwise shrink:
-# on sharded kernels they may exchange per-group statistics, never the kernels themselves.
-LOCAL = (
-    "project_l1",
-    "project_l1_global",
-    "project_l21",
-    "project_bilevel_l1inf",
-    "prox_l1",
-    "prox_l0",
-    "proximal_rmsprop",
-    "xrda",
-)
+# An SVD needs the whole matrix on one device, and a weight-level compression rate is an order
+# statistic over the whole kernel: they gather it. Every other transformation is per-group
+# measures, reductions and an elementwise shrink: on sharded kernels it may exchange per-group
+# statistics (at most rows x devices numbers), never the kernels themselves.
+GATHER_BY_DESIGN = ("project_nuclear", "prune_to_rate")
+LOCAL = tuple(name for name in TRANSFORMS if name not in GATHER_BY_DESIGN)
 
 
 @functools.cache
@@ -68,7 +62,7 @@ def probe(devices: int) -> dict:
 def test_sharded_matches_single_device(devices, transform):
     records = [probe(devices)[(transform, layout)] for layout in ("rows", "columns", "grid")]
     for record in records:
-        assert record["max_diff"] <= 1e-5, record
+        assert record["max_diff"] <= 3e-5, record
         assert record["keeps_sharding"], record
 
 
@@ -77,11 +71,12 @@ def test_sharded_matches_single_device(devices, transform):
 def test_local_transforms_gather_no_kernel(devices, transform):
     for layout in ("rows", "columns", "grid"):
         record = probe(devices)[(transform, layout)]
-        # Per-group statistics of the smaller kernel are 16-32 numbers; half a kernel is not.
-        assert max(record["all_gathers"], default=0) < min(record["kernel_sizes"]) // 2, record
+        # Per-row statistics are at most 256 rows x 8 devices = 2048 numbers; a kernel is 16384.
+        assert max(record["all_gathers"], default=0) < min(record["kernel_sizes"]) // 4, record
 
 
-def test_probe_sees_the_gathers_of_an_svd():
-    # The check above must be able to fail: an SVD needs the whole matrix on one device.
-    record = probe(8)[("project_nuclear", "columns")]
+@pytest.mark.parametrize("transform", GATHER_BY_DESIGN)
+def test_probe_sees_the_gathers_of_whole_kernels(transform):
+    # The check above must be able to fail: these need whole kernels on one device.
+    record = probe(8)[(transform, "columns")]
     assert max(record["all_gathers"]) >= min(record["kernel_sizes"])
