@@ -211,7 +211,9 @@ def plot_kernel_patterns(
     figure, axes = _figure(1, len(images), size=(3.6 * len(images), 4.0))
     for axis, (label, image) in zip(axes[0], images.items()):
         shown = (image != 0).astype(float) if binary else np.abs(image)
-        axis.imshow(shown, cmap="Greys", aspect="auto", interpolation="nearest")
+        # Fixed limits: a kernel without zeros (a constant support image) must draw black.
+        limits = {"vmin": 0.0, "vmax": 1.0} if binary else {}
+        axis.imshow(shown, cmap="Greys", aspect="auto", interpolation="nearest", **limits)
         kernel = np.asarray(kernels[label])
         live = np.any(kernel != 0, axis=(*range(kernel.ndim - 2), kernel.ndim - 1))
         axis.set(title=f"{label}\n{int(np.sum(~live))}/{live.size} zero input groups")

@@ -104,12 +104,20 @@ class _L11(_BiLevel):
 
     def measure(self, x, axis):
         magnitudes = jnp.abs(_rows(x, axis))
-        return jnp.sum(magnitudes, axis=1), magnitudes
+        sums = jnp.sum(magnitudes, axis=1)
+        return sums, (magnitudes, sums)
 
-    def shrink(self, x, axis, t, magnitudes, warm):
-        theta = projections.l1_threshold(magnitudes, t, axis=-1, init=warm)
-        rows = jnp.sign(_rows(x, axis)) * jnp.maximum(magnitudes - theta[:, None], 0.0)
-        return _unrows(rows, x.shape, axis), theta
+    def shrink(self, x, axis, t, aux, warm):
+        magnitudes, sums = aux
+        # A group whose budget is 0 is zeroed whatever its threshold: give it its own l1 norm
+        # as radius and 0 as start, so that it leaves the inner loop at once instead of setting
+        # the loop's trip count (most groups of a sparse layer have a zero budget).
+        dead = t <= 0
+        radius = jnp.where(dead, sums, t)
+        theta = projections.l1_threshold(magnitudes, radius, axis=-1, init=jnp.where(dead, 0, warm))
+        kept = jnp.maximum(magnitudes - theta[:, None], 0.0)
+        rows = jnp.where(dead[:, None], 0.0, jnp.sign(_rows(x, axis)) * kept)
+        return _unrows(rows, x.shape, axis), jnp.where(dead, warm, theta)
 
     def init_inner(self, leaf: _Leaf) -> jax.Array:
         return jnp.zeros((leaf.shape[leaf.axis],), leaf.dtype)

@@ -86,3 +86,14 @@ def test_bad_plot_data_raises_value_errors(tmp_path):
         plots.plot_against_eta({"m": {"eta": [1, 2], "accuracy": [1], "maccs": [1, 2]}}, "a.png")
     with pytest.raises(ValueError, match="keys"):
         plots.plot_accuracy_vs_maccs({"m": {"maccs": [1]}}, tmp_path / "a.png")
+
+
+@pytest.mark.parametrize("fill", [0.0, 1.0])
+def test_binary_pattern_of_a_constant_support(tmp_path, fill):
+    # A kernel with no zeros is all support (black); an all-zero kernel is all white.
+    import matplotlib.image
+
+    path = plots.plot_kernel_patterns({"k": np.full((8, 8), fill)}, tmp_path / "k.png", binary=True)
+    pixels = matplotlib.image.imread(path)[..., :3].mean(axis=-1)
+    dark = float((pixels < 0.2).mean())
+    assert dark > 0.2 if fill else dark < 0.05

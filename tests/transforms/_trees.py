@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -104,3 +105,21 @@ def one_step(tx, case: Case, grads_value: float = 0.0):
     grads = jax.tree_util.tree_map(lambda x: jnp.full_like(x, grads_value), case.params)
     updates, _ = tx.update(grads, tx.init(case.params), case.params)
     return by_path(case.params), by_path(optax.apply_updates(case.params, updates))
+
+
+def run_beside_clean(build, params, grads):
+    """Runs ``optax.apply_if_finite(build())`` over ``grads`` beside ``build()`` fed only the
+    finite gradients; checks the parameters agree after every step and returns
+    ``(wrapped state, clean state, params)``."""
+    tx = optax.apply_if_finite(build(), max_consecutive_errors=3)
+    clean = build()
+    state, clean_state, clean_params = tx.init(params), clean.init(params), params
+    update, clean_update = jax.jit(tx.update), jax.jit(clean.update)
+    for g in grads:
+        updates, state = update(g, state, params)
+        params = optax.apply_updates(params, updates)
+        if all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(g)):
+            clean_updates, clean_state = clean_update(g, clean_state, clean_params)
+            clean_params = optax.apply_updates(clean_params, clean_updates)
+        chex.assert_trees_all_close(params, clean_params, atol=1e-6)
+    return state, clean_state, params

@@ -582,17 +582,7 @@ def test_training_continues_under_apply_if_finite():
     ]
     grads.insert(2, jax.tree_util.tree_map(lambda g: g.at[(0,) * g.ndim].set(jnp.inf), grads[2]))
     build = lambda: sparsejax.xrda(6, learning_rate=0.5, lam=1e-2)
-    tx = optax.apply_if_finite(build(), max_consecutive_errors=3)
-    clean = build()
-    state, clean_state, clean_params = tx.init(params), clean.init(params), params
-    update, clean_update = jax.jit(tx.update), jax.jit(clean.update)
-    for g in grads:
-        updates, state = update(g, state, params)
-        params = optax.apply_updates(params, updates)
-        if all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(g)):
-            clean_updates, clean_state = clean_update(g, clean_state, clean_params)
-            clean_params = optax.apply_updates(clean_params, clean_updates)
-        chex.assert_trees_all_close(params, clean_params, atol=1e-6)
+    state, clean_state, params = trees.run_beside_clean(build, params, grads)
     assert int(state.total_notfinite) == 1
     assert all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves((state, params)))
     chex.assert_trees_all_close(state.inner_state, clean_state, atol=1e-6)
