@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from sparsejax.nn._graph import GroupMember, coupled_groups
+from tests._models import Residual
 
 
 def _as_sets(groups, removable=True):
@@ -22,20 +23,8 @@ def _unit(i, *pairs):
     return frozenset((path, axis, i) for path, axis in pairs)
 
 
-class _Residual(nnx.Module):
-    def __init__(self, rngs):
-        self.a = nnx.Linear(3, 4, rngs=rngs)
-        self.b = nnx.Linear(4, 5, rngs=rngs)
-        self.b2 = nnx.Linear(5, 4, rngs=rngs)
-        self.c = nnx.Linear(4, 2, rngs=rngs)
-
-    def __call__(self, x):
-        h = self.a(x)
-        return self.c(h + self.b2(jax.nn.relu(self.b(h))))
-
-
 def test_residual_add_couples_every_writer_and_reader():
-    groups = coupled_groups(_Residual(nnx.Rngs(0)), jnp.ones((2, 3)))
+    groups = coupled_groups(Residual(nnx.Rngs(0)), jnp.ones((2, 3)))
     stream = ("a/kernel", 1), ("a/bias", 0), ("b2/kernel", 1), ("b2/bias", 0), ("b/kernel", 0)
     stream += (("c/kernel", 0),)
     inner = ("b/kernel", 1), ("b/bias", 0), ("b2/kernel", 0)
@@ -200,7 +189,7 @@ def test_unknown_primitive_is_refused_by_name():
 
 
 def test_member_indices_are_sorted_tuples():
-    groups = coupled_groups(_Residual(nnx.Rngs(0)), jnp.ones((1, 3)))
+    groups = coupled_groups(Residual(nnx.Rngs(0)), jnp.ones((1, 3)))
     assert all(
         isinstance(m, GroupMember) and list(m.indices) == sorted(m.indices)
         for g in groups
@@ -209,7 +198,7 @@ def test_member_indices_are_sorted_tuples():
 
 
 def test_reads_marks_the_input_rows_of_each_unit():
-    groups = coupled_groups(_Residual(nnx.Rngs(0)), jnp.ones((1, 3)))
+    groups = coupled_groups(Residual(nnx.Rngs(0)), jnp.ones((1, 3)))
     reads = {(m.path, m.axis) for g in groups if g.removable for m in g.members if m.reads}
     assert reads == {("b/kernel", 0), ("c/kernel", 0), ("b2/kernel", 0)}
     mha = nnx.MultiHeadAttention(

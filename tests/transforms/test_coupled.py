@@ -16,22 +16,11 @@ from sparsejax.transforms._coupled import (
     project_coupled_tree,
     prox_coupled_tree,
 )
-
-
-class _Residual(nnx.Module):
-    def __init__(self, rngs):
-        self.a = nnx.Linear(3, 4, rngs=rngs)
-        self.b = nnx.Linear(4, 5, rngs=rngs)
-        self.b2 = nnx.Linear(5, 4, rngs=rngs)
-        self.c = nnx.Linear(4, 2, rngs=rngs)
-
-    def __call__(self, x):
-        h = self.a(x)
-        return self.c(h + self.b2(jax.nn.relu(self.b(h))))
+from tests._models import Residual
 
 
 def _setup():
-    model = _Residual(nnx.Rngs(1))
+    model = Residual(nnx.Rngs(1))
     groups = coupled_groups(model, jnp.ones((1, 3)))
     params = nnx.state(model, nnx.Param)
     return params, groups
