@@ -46,6 +46,7 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 
+import jax
 import numpy as np
 
 import sparsejax
@@ -282,6 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue from --workdir's checkpoints")
     run.add_argument("--out", help="result JSON (default: <workdir>/result.json)")
     run.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    run.add_argument(
+        "--devices",
+        type=_positive,
+        help="data-parallel over the first N devices (default: all visible devices)",
+    )
     return parser
 
 
@@ -322,6 +328,29 @@ def _cli_errors(function):
     return wrapper
 
 
+def _check_devices(args: argparse.Namespace) -> None:
+    """Resolves ``--devices`` (all visible by default) and checks it divides the batch."""
+    visible = jax.device_count()
+    args.devices = visible if args.devices is None else args.devices
+    if args.devices > visible:
+        raise UsageError(
+            f"--devices {args.devices}: only {visible} {jax.devices()[0].platform} device(s) "
+            "visible"
+        )
+    if args.batch_size % args.devices:
+        raise UsageError(
+            f"--batch-size {args.batch_size} must be a multiple of --devices {args.devices} "
+            "(each device takes an equal share of every batch)"
+        )
+
+
+def _mesh(devices: int) -> Any:
+    """A 1-D mesh over the first ``devices`` devices, or None for one device."""
+    if devices == 1:
+        return None
+    return jax.sharding.Mesh(np.array(jax.devices()[:devices]), ("batch",))
+
+
 def _complete(args: argparse.Namespace) -> argparse.Namespace:
     """Fills the defaults that depend on other arguments."""
     args.model = args.model or DEFAULT_MODEL[args.dataset]
@@ -334,6 +363,7 @@ def _complete(args: argparse.Namespace) -> argparse.Namespace:
     args.retrain_epochs = args.epochs if args.retrain_epochs is None else args.retrain_epochs
     if args.val_size is None:
         args.val_size = data_lib.default_val_size(args.dataset)
+    _check_devices(args)
     if args.seeds and len(set(args.seeds)) != len(args.seeds):
         raise UsageError(
             f"--seeds {' '.join(map(str, args.seeds))} repeats a seed; give each seed once"
@@ -539,6 +569,7 @@ def _load_data(args) -> tuple[training.TrainData, dict]:
     )
     if args.val_size:
         data.val_images, data.val_labels = val_images, val.labels
+    data.mesh = _mesh(args.devices)
     info = {
         "name": args.dataset,
         "source": train.source,
@@ -763,6 +794,11 @@ def _summarise(
             "reduced_bytes": baseline.reduced_bytes,
         },
         "versions": package_versions(),
+        "devices": {
+            "count": args.devices,
+            "kind": jax.devices()[0].device_kind,
+            "platform": jax.devices()[0].platform,
+        },
         "results": entries,
         "selected_on_validation": selected,
     }

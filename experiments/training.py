@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from experiments import data as data_lib
 
@@ -266,6 +267,20 @@ class TrainData:
     seed: int
     val_images: np.ndarray | None = None
     val_labels: np.ndarray | None = None
+    # Data parallelism: a 1-D mesh over the devices; each batch is split along its batch axis
+    # and the parameters and optimizer state are replicated. None: the default device only.
+    mesh: Any = None
+
+    def place_batch(self, images: np.ndarray, labels: np.ndarray) -> tuple[Any, Any]:
+        if self.mesh is None:
+            return images, labels
+        batch = NamedSharding(self.mesh, PartitionSpec("batch"))
+        return jax.device_put(images, batch), jax.device_put(labels, batch)
+
+    def place_replicated(self, tree: Any) -> Any:
+        if self.mesh is None:
+            return tree
+        return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
 
     @property
     def monitor(self) -> tuple[str, np.ndarray, np.ndarray]:
@@ -318,8 +333,9 @@ def run_phase(
         return PhaseResult(state.params, state.rest, history)
     # The step donates its state: it must own every buffer, once (the caller may still hold
     # the initial params, e.g. to rewind, and an optimizer state may share one zeros array).
-    state = jax.tree.map(lambda leaf: leaf.copy(), state)
+    state = data.place_replicated(jax.tree.map(lambda leaf: leaf.copy(), state))
     step = make_train_step(split.train_graph, phase.make_tx)
+    aux = data.place_replicated(phase.aux)
     steps_per_epoch = data_lib.num_batches(len(data.train_labels), data.batch_size)
     for epoch in range(len(history), phase.epochs):
         started = time.perf_counter()
@@ -331,7 +347,7 @@ def run_phase(
             data.train_images, data.train_labels, data.batch_size, seed=data.seed, epoch=epoch
         )
         for images, labels in batches:
-            state, loss = step(state, phase.aux, images, labels)
+            state, loss = step(state, aux, *data.place_batch(images, labels))
             losses.append(loss)
             if bar is not None:
                 bar.update()

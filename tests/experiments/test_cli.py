@@ -459,3 +459,62 @@ def test_no_progress_bars_off_a_terminal(tmp_path, capsys):
     assert "\r" not in captured.err and "it/s" not in captured.err
     assert "epoch 1/1" in captured.out
     assert f"MB in {tmp_path / 'w'}" in captured.out.splitlines()[-1]
+
+
+def _train_in_subprocess(devices_visible, argv, tmp_path):
+    """Runs the CLI in a fresh interpreter that sees ``devices_visible`` simulated CPU
+    devices (the XLA flag must be set before jax starts); returns its result.json."""
+    out = tmp_path / f"result_{devices_visible}_{len(argv)}.json"
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_visible}",
+        JAX_PLATFORMS="cpu",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments.train", *argv, "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text()), done
+
+
+def test_data_parallel_on_four_devices_matches_one_device(tmp_path):
+    argv = [*TINY, "--method", "adam", "pgl11", "--eta", "30", "--epochs", "2"]
+    argv += ["--retrain-epochs", "1", "--batch-size", "32"]
+    four, _ = _train_in_subprocess(4, [*argv, "--workdir", str(tmp_path / "four")], tmp_path)
+    one, _ = _train_in_subprocess(
+        4, [*argv, "--devices", "1", "--workdir", str(tmp_path / "one")], tmp_path
+    )
+    assert four["devices"]["count"] == 4 and four["arguments"]["devices"] == 4
+    assert one["devices"]["count"] == 1 and four["devices"]["platform"] == "cpu"
+    for a, b in zip(four["results"], one["results"], strict=True):
+        # The same global batches: equal up to the order of float reductions.
+        np.testing.assert_allclose(a["test_accuracy"], b["test_accuracy"], atol=1.5 / 120)
+        for phase in a["history"]:
+            losses = [[e["train_loss"] for e in r["history"][phase]] for r in (a, b)]
+            np.testing.assert_allclose(*losses, rtol=2e-3)
+
+
+def test_devices_must_exist(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main([*TINY, "--devices", str(jax.device_count() + 1)])
+    assert exit_info.value.code == 2 and "device(s) visible" in capsys.readouterr().err
+
+
+def test_batch_not_divisible_by_devices_is_one_line(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments.train", *TINY, "--batch-size", "30"],
+        env={**env, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=os.getcwd(),
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "--batch-size 30 must be a multiple of --devices 4" in done.stderr
