@@ -218,12 +218,15 @@ def _checkpointed_epochs(workdir):
     return 0
 
 
-def test_resume_after_a_kill(tmp_path):
+@pytest.mark.parametrize("devices", [1, 4])
+def test_resume_after_a_kill(tmp_path, devices):
     epochs = 12
     args = [*TINY, "--method", "adam", "--epochs", str(epochs), "--batch-size", "8"]
     killed_dir = tmp_path / "killed"
     command = [sys.executable, "-m", "experiments.train", *args, "--workdir", str(killed_dir)]
-    env = {**os.environ, "PYTHONPATH": REPO}
+    env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
+    # Simulated devices: the resumed data-parallel run must reproduce the uninterrupted one.
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while _checkpointed_epochs(killed_dir) < 2 and time.monotonic() < deadline:
@@ -244,9 +247,12 @@ def test_resume_after_a_kill(tmp_path):
     assert [epoch["epoch"] for epoch in history] == list(range(1, epochs + 1))
 
     reference_dir = tmp_path / "reference"
-    train.main([*args, "--workdir", str(reference_dir)])
+    reference_command = [*command[:-1], str(reference_dir)]
+    subprocess.run(reference_command, cwd=REPO, env=env, capture_output=True, check=True)
     with open(reference_dir / "result.json") as handle:
-        reference = json.load(handle)["results"][0]["history"]["dense"]
+        result = json.load(handle)
+    assert result["devices"]["count"] == devices
+    reference = result["results"][0]["history"]["dense"]
     strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]
     assert strip(history) == strip(reference)
 
