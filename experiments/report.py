@@ -256,10 +256,14 @@ def _cell(row: dict, column: str) -> str:
         text = f"{value:,}"
     elif isinstance(value, float) and column == "effective_maccs":
         text = f"{round(value):,}"
+    elif isinstance(value, float):
+        text = f"{value:.2f}"  # the same two decimals in every row of a column
     else:
         text = str(value)
     sd = row.get(f"{column}_sd")
-    return text if sd is None else f"{text} ± {sd}"
+    if sd is None:
+        return text
+    return f"{text} ± {sd:.2f}" if isinstance(sd, float) else f"{text} ± {sd}"
 
 
 def format_table(rows: list[dict]) -> str:

@@ -81,7 +81,17 @@ def test_aggregate_gives_mean_and_sample_sd_per_label():
     (single,) = report.aggregate(rows[:1], [3])
     assert single["accuracy_%"] == 90.0 and single["accuracy_%_sd"] is None
     table = report.format_table([a, b])
-    assert "91.0 ± 1.41" in table and "seeds" in table.splitlines()[0]
+    assert "91.00 ± 1.41" in table and "seeds" in table.splitlines()[0]
+
+
+def test_table_gives_every_float_two_decimals():
+    rows = [
+        {"method": "adam", "accuracy_%": 97.2, "val_accuracy_%": 96.667, "maccs_%": 100.0},
+        {"method": "pgl11", "accuracy_%": 94.17, "val_accuracy_%": 93.0, "maccs_%": 9.38},
+    ]
+    lines = report.format_table(rows).splitlines()
+    assert "97.20" in lines[2] and "96.67" in lines[2] and "100.00" in lines[2]
+    assert "93.00" in lines[3] and "9.38" in lines[3]
 
 
 def test_selection_reads_validation_accuracy_only():
