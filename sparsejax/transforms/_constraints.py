@@ -117,7 +117,8 @@ class _L11(_BiLevel):
         theta = projections.l1_threshold(magnitudes, radius, axis=-1, init=jnp.where(dead, 0, warm))
         kept = jnp.maximum(magnitudes - theta[:, None], 0.0)
         rows = jnp.where(dead[:, None], 0.0, jnp.sign(_rows(x, axis)) * kept)
-        return _unrows(rows, x.shape, axis), jnp.where(dead, warm, theta)
+        # A dead group's threshold is 0 here: its next start is cold (and never a stale NaN).
+        return _unrows(rows, x.shape, axis), theta
 
     def init_inner(self, leaf: _Leaf) -> jax.Array:
         return jnp.zeros((leaf.shape[leaf.axis],), leaf.dtype)
