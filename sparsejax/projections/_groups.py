@@ -67,6 +67,18 @@ def l21_ball(x, radius, *, group_axis=0):
 
 
 def _l2_norms(rows):
+    """Row l2 norms: ``sqrt(sum(row**2))`` when every row's sum of squares is finite and far
+    above the underflow threshold (then no square that underflows can matter), else the
+    scaled form of :func:`_scaled_l2_norms`. One pass over the data in the common case."""
+    squares = jnp.sum(jnp.square(rows), axis=-1)
+    info = jnp.finfo(rows.dtype)
+    plain = jnp.all(jnp.isfinite(squares) & (squares >= info.tiny / info.eps))
+    return jax.lax.cond(
+        plain, lambda r, q: jnp.sqrt(q), lambda r, q: _scaled_l2_norms(r), rows, squares
+    )
+
+
+def _scaled_l2_norms(rows):
     """Row l2 norms as ``s * ||row / s||`` with ``s`` the row's peak magnitude: plain squares
     of 1e-30 underflow and of 1e30 overflow in float32. Rows with an inf (NaN) have norm inf
     (NaN)."""
