@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from experiments import train, training
+from tests._devices import run_with_devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ["--dataset", "digits", "--limit-train", "256", "--limit-test", "120", "--quiet"]
@@ -469,30 +470,17 @@ def test_no_progress_bars_off_a_terminal(tmp_path, capsys):
 
 def _train_in_subprocess(devices_visible, argv, tmp_path):
     """Runs the CLI in a fresh interpreter that sees ``devices_visible`` simulated CPU
-    devices (the XLA flag must be set before jax starts); returns its result.json."""
+    devices; returns its result.json."""
     out = tmp_path / f"result_{devices_visible}_{len(argv)}.json"
-    env = dict(
-        os.environ,
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_visible}",
-        JAX_PLATFORMS="cpu",
-    )
-    done = subprocess.run(
-        [sys.executable, "-m", "experiments.train", *argv, "--out", str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(out.read_text()), done
+    run_with_devices(devices_visible, ["-m", "experiments.train", *argv, "--out", str(out)])
+    return json.loads(out.read_text())
 
 
 def test_data_parallel_on_four_devices_matches_one_device(tmp_path):
     argv = [*TINY, "--method", "adam", "pgl11", "--eta", "30", "--epochs", "2"]
     argv += ["--retrain-epochs", "1", "--batch-size", "32"]
-    four, _ = _train_in_subprocess(4, [*argv, "--workdir", str(tmp_path / "four")], tmp_path)
-    one, _ = _train_in_subprocess(
+    four = _train_in_subprocess(4, [*argv, "--workdir", str(tmp_path / "four")], tmp_path)
+    one = _train_in_subprocess(
         4, [*argv, "--devices", "1", "--workdir", str(tmp_path / "one")], tmp_path
     )
     assert four["devices"]["count"] == 4 and four["arguments"]["devices"] == 4

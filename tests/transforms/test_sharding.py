@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
+
+from tests._devices import run_with_devices
 
 PROBE = pathlib.Path(__file__).with_name("_sharded_probe.py")
 TRANSFORMS = (
@@ -43,18 +42,8 @@ LOCAL = tuple(name for name in TRANSFORMS if name not in GATHER_BY_DESIGN)
 
 @functools.cache
 def probe(devices: int) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    env["JAX_PLATFORMS"] = "cpu"
-    done = subprocess.run(
-        [sys.executable, str(PROBE), str(devices)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return {(r["transform"], r["layout"]): r for r in json.loads(done.stdout)}
+    stdout = run_with_devices(devices, [str(PROBE), str(devices)])
+    return {(r["transform"], r["layout"]): r for r in json.loads(stdout)}
 
 
 @pytest.mark.parametrize("devices", [4, 8])
