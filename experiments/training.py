@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import tempfile
@@ -274,8 +275,12 @@ class TrainData:
     def place_batch(self, images: np.ndarray, labels: np.ndarray) -> tuple[Any, Any]:
         if self.mesh is None:
             return images, labels
-        batch = NamedSharding(self.mesh, PartitionSpec("batch"))
-        return jax.device_put(images, batch), jax.device_put(labels, batch)
+        return jax.device_put((images, labels), self._batch_sharding)
+
+    @functools.cached_property
+    def _batch_sharding(self) -> NamedSharding:
+        # Built once: place_batch runs at every training step.
+        return NamedSharding(self.mesh, PartitionSpec("batch"))
 
     def place_replicated(self, tree: Any) -> Any:
         if self.mesh is None:

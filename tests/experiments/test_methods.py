@@ -71,8 +71,20 @@ def _experiment(tiny, **changes):
     settings = dataclasses.replace(
         methods.Settings(layers=LAYERS, epochs=1, retrain_epochs=1), **changes
     )
+    return _quiet_experiment(split, data, settings, workdir)
+
+
+def _quiet_experiment(split, data, settings, workdir, identity=None):
+    """An Experiment resuming from ``workdir``, without progress bars or log lines."""
     return methods.Experiment(
-        split, data, settings, workdir=workdir, resume=True, progress=False, log=lambda _: None
+        split,
+        data,
+        settings,
+        workdir=str(workdir),
+        resume=True,
+        progress=False,
+        log=lambda _: None,
+        identity=identity,
     )
 
 
@@ -124,31 +136,14 @@ def test_checkpoint_keys_cover_the_data_and_the_model(tiny, tmp_path):
     runs = [(split, data, None), (split, fewer, None), (split, other_test, None)]
     runs += [(other_init, data, None), (split, data, {"model": "another"})]
     for run_split, run_data, identity in runs:
-        methods.Experiment(
-            run_split,
-            run_data,
-            settings,
-            workdir=str(tmp_path),
-            resume=True,
-            progress=False,
-            log=lambda _: None,
-            identity=identity,
-        ).dense()
+        _quiet_experiment(run_split, run_data, settings, tmp_path, identity).dense()
     assert len([d for d in os.listdir(tmp_path) if d.startswith("dense-")]) == len(runs)
 
 
 def test_checkpoint_keys_tell_close_radii_and_sparsities_apart(tiny, tmp_path):
     split, data, _ = tiny
     settings = methods.Settings(layers=LAYERS, epochs=1, retrain_epochs=1, schedule="alg1")
-    experiment = methods.Experiment(
-        split,
-        data,
-        settings,
-        workdir=str(tmp_path),
-        resume=True,
-        progress=False,
-        log=lambda _: None,
-    )
+    experiment = _quiet_experiment(split, data, settings, tmp_path)
     for eta in (20.0, 20.00001):
         experiment.projection("pgl11", eta)
     for sparsity in (0.5, 0.50001):

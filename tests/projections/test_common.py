@@ -84,24 +84,25 @@ def test_bfloat16_input(name):
     np.testing.assert_allclose(np.asarray(got, np.float64), expected, atol=2e-2)
 
 
-@pytest.mark.parametrize("name", list(FUNCTIONS))
-def test_nan_input_gives_nan_output(name):
-    x = jnp.ones(SHAPE).at[1, 2].set(jnp.nan)
+def _assert_nan_where_undefined(name, value):
+    """Projects ones with ``value`` at [1, 2] into the unit ball; returns the input."""
+    x = jnp.ones(SHAPE).at[1, 2].set(value)
     got = np.asarray(FUNCTIONS[name](x, np.float32(1.0)))
-    if name in ("l1", "l1_sort"):  # independent rows: the row with the NaN, and only it
+    if name in ("l1", "l1_sort"):  # independent rows: the row with the value, and only it
         assert np.all(np.isnan(got[1])) and np.all(np.isfinite(np.delete(got, 1, axis=0)))
     else:  # one problem over the whole array
         assert np.all(np.isnan(got))
+    return x
+
+
+@pytest.mark.parametrize("name", list(FUNCTIONS))
+def test_nan_input_gives_nan_output(name):
+    _assert_nan_where_undefined(name, jnp.nan)
 
 
 @pytest.mark.parametrize("name", list(FUNCTIONS))
 def test_inf_input_gives_nan_below_an_infinite_radius(name):
-    x = jnp.ones(SHAPE).at[1, 2].set(jnp.inf)
-    got = np.asarray(FUNCTIONS[name](x, np.float32(1.0)))
-    if name in ("l1", "l1_sort"):  # independent rows: the row with the inf, and only it
-        assert np.all(np.isnan(got[1])) and np.all(np.isfinite(np.delete(got, 1, axis=0)))
-    else:
-        assert np.all(np.isnan(got))
+    x = _assert_nan_where_undefined(name, jnp.inf)
     got = np.asarray(FUNCTIONS[name](x, np.float32(np.inf)))
     if name == "nuclear":  # the SVD of a matrix holding an inf is NaN
         assert np.all(np.isnan(got))
