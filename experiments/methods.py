@@ -37,7 +37,7 @@ import optax
 from flax import nnx
 
 import sparsejax
-from experiments import training
+from experiments import checkpoints, training
 
 __all__ = [
     "METHODS",
@@ -175,7 +175,7 @@ def arrays_digest(*trees: Any) -> str:
     digest = hashlib.sha1()
     for tree in trees:
         for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-            if training.is_key_array(leaf):
+            if checkpoints.is_key_array(leaf):
                 leaf = jax.random.key_data(leaf)
             array = np.ascontiguousarray(np.asarray(leaf))
             digest.update(f"{jax.tree_util.keystr(path)}:{array.dtype}:{array.shape};".encode())
@@ -197,6 +197,7 @@ class Experiment:
       log: where progress lines go.
       identity: what else tells this run apart (e.g. ``{"model": "lfc4"}``): mixed into every
         checkpoint key, with a digest of the data arrays and the initial weights.
+      keep_checkpoints: how many of each phase's latest epoch checkpoints to keep.
     """
 
     def __init__(
@@ -210,8 +211,10 @@ class Experiment:
         progress: bool = True,
         log: Callable[[str], None] = print,
         identity: dict | None = None,
+        keep_checkpoints: int = 2,
     ):
         self.split = split
+        self.keep_checkpoints = keep_checkpoints
         self.data = data
         self.settings = settings
         self.workdir = workdir
@@ -256,6 +259,7 @@ class Experiment:
                 resume=self.resume,
                 progress=self.progress,
                 log=self.log,
+                keep_checkpoints=self.keep_checkpoints,
             )
         return self._done[phase.key]
 

@@ -50,6 +50,7 @@ import jax
 import numpy as np
 
 import sparsejax
+from experiments import checkpoints as checkpoints_lib
 from experiments import data as data_lib
 from experiments import methods as methods_lib
 from experiments import models as models_lib
@@ -79,7 +80,7 @@ DIGITS_ETA = 60.0
 DEFAULT_EPOCHS = {"digits": 20}
 DEFAULT_BATCH = {"digits": 64}
 # Options that change no figure: left out of the run's name so that --resume finds it.
-_NOT_IN_NAME = ("resume", "workdir", "out", "progress", "quiet")
+_NOT_IN_NAME = ("resume", "workdir", "out", "progress", "quiet", "keep_checkpoints")
 
 
 def _eta_value(text: str) -> Any:
@@ -281,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--workdir", help="checkpoints (default: runs/<name from the arguments>)")
     run.add_argument("--resume", action="store_true", help="continue from --workdir's checkpoints")
+    run.add_argument(
+        "--keep-checkpoints",
+        type=_positive,
+        default=2,
+        help="epoch checkpoints kept per phase, the latest ones (default: 2)",
+    )
     run.add_argument("--out", help="result JSON (default: <workdir>/result.json)")
     run.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     run.add_argument(
@@ -480,7 +487,7 @@ def _holds_a_run(workdir: str) -> bool:
     first epoch left nothing to protect)."""
     if os.path.exists(os.path.join(workdir, "result.json")):
         return True
-    return any("checkpoint.npz" in names for _, _, names in os.walk(workdir))
+    return checkpoints_lib.holds_checkpoints(workdir)
 
 
 def _check_out(out: str) -> None:
@@ -674,6 +681,7 @@ def _run(args, argv, workdir, log, show=print) -> dict:
         progress=not args.quiet and sys.stderr.isatty(),
         log=log,
         identity={"model": args.model},
+        keep_checkpoints=args.keep_checkpoints,
     )
     results = _run_methods(args, experiment)
     return _summarise(args, argv, experiment, results, data, data_info, model, dense_maccs, show)

@@ -6,8 +6,9 @@ An NNX model is split once into a static graph and plain nested dicts of arrays:
 model's, with no per-call graph traversal.
 
 A training *phase* is an optimizer run for some epochs from given parameters. After every epoch
-:func:`run_phase` replaces the phase's one checkpoint (params, rest, optimizer state, epoch,
-history) with an atomic rename; with ``resume=True`` it continues from the last finished epoch.
+:func:`run_phase` starts an orbax checkpoint (params, rest, optimizer state, step, history;
+:mod:`experiments.checkpoints`) that is written in the background while the next epoch trains
+and keeps the last few; with ``resume=True`` it continues from the last complete one.
 A finished phase is recognised and not run again, so methods that share a phase (the dense
 pre-training) pay for it once; its checkpoint drops the optimizer state, which nothing needs
 any more (for Adam, two thirds of the bytes).
@@ -18,8 +19,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from experiments import checkpoints as checkpoints_lib
 from experiments import data as data_lib
 
 __all__ = [
@@ -41,10 +43,8 @@ __all__ = [
     "TrainState",
     "atomic_open",
     "evaluate",
-    "load_checkpoint",
     "make_train_step",
     "run_phase",
-    "save_checkpoint",
     "split_model",
 ]
 
@@ -179,24 +179,6 @@ def evaluate(split: SplitModel, params: Any, rest: Any, images: np.ndarray, labe
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def is_key_array(leaf: Any) -> bool:
-    """Whether ``leaf`` is a typed PRNG key array (stored as its raw key data)."""
-    return hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
-
-
-def save_checkpoint(path: str, state: Any, meta: dict) -> None:
-    """Writes ``state`` (any pytree of arrays) and the JSON-able ``meta`` to ``path``
-    atomically: a killed writer leaves the previous checkpoint intact."""
-    leaves = jax.tree.leaves(state)
-    arrays = {
-        f"leaf{index}": np.asarray(jax.random.key_data(leaf) if is_key_array(leaf) else leaf)
-        for index, leaf in enumerate(leaves)
-    }
-    arrays["meta"] = np.asarray(json.dumps(meta))
-    with atomic_open(path, "wb") as handle:
-        np.savez(handle, **arrays)
-
-
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "w"):
     """Opens a fresh temporary file beside ``path`` and, when the block ends without an error,
@@ -220,33 +202,6 @@ def atomic_open(path: str, mode: str = "w"):
         with contextlib.suppress(FileNotFoundError):
             os.remove(temporary)
         raise
-
-
-def _read_meta(path: str) -> dict:
-    with np.load(path) as stored:
-        return json.loads(str(stored["meta"]))
-
-
-def load_checkpoint(path: str, template: Any) -> tuple[Any, dict]:
-    """Reads a checkpoint written by :func:`save_checkpoint` into the structure of
-    ``template``; raises ``ValueError`` if the stored leaves do not fit it."""
-    leaves, treedef = jax.tree.flatten(template)
-    with np.load(path) as stored:
-        meta = json.loads(str(stored["meta"]))
-        if len(stored.files) - 1 != len(leaves):
-            raise ValueError(f"checkpoint {path!r} does not match the model/optimizer structure")
-        restored = []
-        for index, leaf in enumerate(leaves):
-            value = stored[f"leaf{index}"]
-            if is_key_array(leaf):
-                value = jax.random.wrap_key_data(value, impl=jax.random.key_impl(leaf))
-            elif np.shape(value) != np.shape(leaf):
-                raise ValueError(
-                    f"checkpoint {path!r} leaf {index} has shape {np.shape(value)}, "
-                    f"expected {np.shape(leaf)}"
-                )
-            restored.append(jnp.asarray(value, dtype=leaf.dtype))
-    return jax.tree.unflatten(treedef, restored), meta
 
 
 # ----------------------------------------------------------------------------- phases
@@ -314,6 +269,7 @@ def run_phase(
     resume: bool,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    keep_checkpoints: int = 2,
 ) -> PhaseResult:
     """Runs ``phase`` from ``(params, rest)``; checkpoints every epoch under
     ``workdir/phase.key`` and, with ``resume``, continues from the last one.
@@ -322,18 +278,31 @@ def run_phase(
     ``data.monitor``: ``val_*`` with a validation set, else ``test_*``."""
     tx = phase.make_tx(phase.aux)
     state = TrainState(params, rest, tx.init(params), jnp.zeros((), jnp.int32))
-    path = os.path.join(workdir, phase.key, "checkpoint.npz") if workdir else None
     history: list = []
-    if path and resume and os.path.exists(path):
-        finished = _read_meta(path).get("finished", False)
-        template = state._replace(opt_state=None) if finished else state
-        state, meta = load_checkpoint(path, template)
+    checkpoints = _open_checkpoints(workdir, phase, resume, keep=keep_checkpoints)
+    if checkpoints is not None and checkpoints.latest_epoch is not None:
+        finished = checkpoints.latest_meta().get("finished", False)
+        state, meta = checkpoints.restore(state._replace(opt_state=None) if finished else state)
         history = meta["history"]
         log(f"[{phase.key}] resumed after epoch {len(history)}/{phase.epochs}")
-    elif path:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        if os.path.exists(path):
-            os.remove(path)
+    try:
+        return _train_epochs(phase, split, state, history, data, checkpoints, progress, log)
+    finally:
+        if checkpoints is not None:
+            checkpoints.close()
+
+
+def _open_checkpoints(workdir, phase, resume, *, keep):
+    """The phase's checkpoints; without ``resume``, earlier ones are deleted first."""
+    if not workdir:
+        return None
+    directory = os.path.join(workdir, phase.key)
+    if not resume:
+        shutil.rmtree(os.path.join(directory, "checkpoints"), ignore_errors=True)
+    return checkpoints_lib.PhaseCheckpoints(directory, keep=keep)
+
+
+def _train_epochs(phase, split, state, history, data, checkpoints, progress, log):
     if len(history) >= phase.epochs:
         return PhaseResult(state.params, state.rest, history)
     # The step donates its state: it must own every buffer, once (the caller may still hold
@@ -375,8 +344,8 @@ def run_phase(
             f"[{phase.key}] epoch {epoch + 1}/{phase.epochs}  loss {train_loss:.4f}  "
             f"{name} acc {100 * accuracy:.2f}%  ({seconds:.1f} s)"
         )
-        if path:
+        if checkpoints is not None:
             last = epoch + 1 == phase.epochs
             kept = state._replace(opt_state=None) if last else state
-            save_checkpoint(path, kept, {"history": history, "finished": last})
+            checkpoints.save(epoch + 1, kept, {"history": history, "finished": last})
     return PhaseResult(state.params, state.rest, history)

@@ -10,9 +10,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from experiments import train, training
+from experiments import checkpoints, train, training
 from tests._devices import run_with_devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -149,14 +150,22 @@ def test_seeds_must_differ_and_exclude_seed(capsys):
     assert exit_info.value.code == 2 and "--seeds" in capsys.readouterr().err
 
 
+def _phase_checkpoints(workdir):
+    """``{phase directory name: PhaseCheckpoints}`` of every phase under ``workdir``."""
+    found = {}
+    for root, names, _ in os.walk(workdir):
+        if "checkpoints" in names:
+            found[os.path.relpath(root, workdir)] = checkpoints.PhaseCheckpoints(root)
+    return found
+
+
 def test_checkpoints_hold_the_final_weights(tiny_run):
     _, workdir = tiny_run
-    dense_dirs = [d for d in os.listdir(workdir) if d.startswith("dense-e2")]
-    assert len(dense_dirs) == 1
-    path = os.path.join(workdir, dense_dirs[0], "checkpoint.npz")
-    with np.load(path) as stored:
-        meta = json.loads(str(stored["meta"]))
-    assert [epoch["epoch"] for epoch in meta["history"]] == [1, 2]
+    phases = _phase_checkpoints(workdir)
+    dense = [name for name in phases if name.startswith("dense-e2")]
+    assert len(dense) == 1
+    assert phases[dense[0]].latest_epoch == 2
+    assert [epoch["epoch"] for epoch in phases[dense[0]].latest_meta()["history"]] == [1, 2]
 
 
 def test_finished_phases_keep_no_optimizer_state(tiny_run):
@@ -164,30 +173,51 @@ def test_finished_phases_keep_no_optimizer_state(tiny_run):
 
     _, workdir = tiny_run
     split = training.split_model(models.create_model("lenet300_100", input_shape=(8, 8, 1)))
-    model_leaves = len(jax.tree.leaves(split.params)) + len(jax.tree.leaves(split.rest))
-    phases = [os.path.join(root, "checkpoint.npz") for root, _, names in os.walk(workdir)
-              if "checkpoint.npz" in names]  # fmt: skip
+    phases = _phase_checkpoints(workdir)
     assert len(phases) == 4  # dense, pgl11's project and retrain, magnitude's retrain
-    for path in phases:
-        with np.load(path) as stored:
-            assert json.loads(str(stored["meta"]))["finished"] is True
-            assert len(stored.files) == model_leaves + 2  # + the step and the meta
+    params = jax.tree.map(jnp.zeros_like, split.params)
+    kept = training.TrainState(params, split.rest, None, jnp.zeros((), jnp.int32))
+    with_adam = kept._replace(opt_state=optax.adam(1e-3).init(params))
+    for phase in phases.values():
+        restored, meta = phase.restore(kept)
+        assert meta["finished"] is True
+        assert restored.opt_state is None and int(restored.step) > 0
+        with pytest.raises(ValueError, match="does not match"):
+            phase.restore(with_adam)
 
 
-def test_checkpoint_round_trip_with_prng_keys(tmp_path):
+def test_checkpoints_round_trip_prng_keys_and_keep_the_last_k(tmp_path):
     state = {"w": jnp.arange(3.0), "key": jax.random.key(3), "n": jnp.int32(7)}
-    training.save_checkpoint(str(tmp_path / "c.npz"), state, {"a": 1})
+    with checkpoints.PhaseCheckpoints(str(tmp_path), keep=2) as written:
+        for epoch in (1, 2, 3):
+            written.save(epoch, {**state, "n": jnp.int32(epoch)}, {"epoch": epoch})
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "3"]
     template = jax.tree.map(jnp.zeros_like, {"w": state["w"], "n": state["n"]})
     template["key"] = jax.random.key(0)
-    restored, meta = training.load_checkpoint(str(tmp_path / "c.npz"), template)
-    assert meta == {"a": 1}
+    restored, meta = checkpoints.PhaseCheckpoints(str(tmp_path)).restore(template)
+    assert meta == {"epoch": 3}
     np.testing.assert_array_equal(restored["w"], state["w"])
-    assert int(restored["n"]) == 7
+    assert int(restored["n"]) == 3
     np.testing.assert_array_equal(
         jax.random.key_data(restored["key"]), jax.random.key_data(state["key"])
     )
     with pytest.raises(ValueError, match="shape"):
-        training.load_checkpoint(str(tmp_path / "c.npz"), {**template, "w": jnp.zeros(4)})
+        checkpoints.PhaseCheckpoints(str(tmp_path)).restore({**template, "w": jnp.zeros(4)})
+    with pytest.raises(ValueError, match="keep"):
+        checkpoints.PhaseCheckpoints(str(tmp_path), keep=0)
+
+
+def test_a_checkpoint_outlives_the_donating_step_that_follows_it(tmp_path):
+    # The write runs in the background while the next (buffer-donating) step overwrites the
+    # state: what lands on disk must be the state at the save, not a later one.
+    step = jax.jit(lambda w: w + 1.0, donate_argnums=0)
+    w = jnp.zeros((512, 512))
+    with checkpoints.PhaseCheckpoints(str(tmp_path)) as written:
+        written.save(1, {"w": w}, {})
+        for _ in range(20):
+            w = step(w)
+    restored, _ = checkpoints.PhaseCheckpoints(str(tmp_path)).restore({"w": jnp.ones((512, 512))})
+    np.testing.assert_array_equal(restored["w"], np.zeros((512, 512)))
 
 
 @pytest.mark.parametrize(
@@ -206,16 +236,14 @@ def test_bad_arguments_exit_with_one_line_and_status_2(argv, named, capsys):
 
 
 def _checkpointed_epochs(workdir):
+    # Read while the run writes: complete orbax steps are the directories named by a number
+    # (a step being written has a temporary name until it is renamed).
     if not os.path.isdir(workdir):
         return 0
     for directory in os.listdir(workdir):
-        path = os.path.join(workdir, directory, "checkpoint.npz")
-        if directory.startswith("dense") and os.path.exists(path):
-            try:
-                with np.load(path) as stored:
-                    return len(json.loads(str(stored["meta"]))["history"])
-            except (OSError, ValueError, KeyError):
-                return 0
+        steps = os.path.join(workdir, directory, "checkpoints")
+        if directory.startswith("dense") and os.path.isdir(steps):
+            return max((int(name) for name in os.listdir(steps) if name.isdigit()), default=0)
     return 0
 
 
@@ -383,13 +411,15 @@ def test_result_json_is_replaced_atomically(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["result.json", "w"]
 
 
-def test_checkpoint_writes_use_their_own_temporary_file(tmp_path):
-    path = tmp_path / "checkpoint.npz"
-    other = tmp_path / "checkpoint.npz.tmp"  # another writer's temporary file
+def test_atomic_writes_use_their_own_temporary_file(tmp_path):
+    path = tmp_path / "result.json"
+    other = tmp_path / "result.json.tmp"  # another writer's temporary file
     other.write_text("someone else's")
-    training.save_checkpoint(str(path), {"w": jnp.ones(2)}, {"a": 1})
+    with training.atomic_open(str(path)) as handle:
+        handle.write("{}")
     assert other.read_text() == "someone else's"
-    assert sorted(os.listdir(tmp_path)) == ["checkpoint.npz", "checkpoint.npz.tmp"]
+    assert sorted(os.listdir(tmp_path)) == ["result.json", "result.json.tmp"]
+    assert path.read_text() == "{}"
 
 
 @pytest.mark.parametrize("where", ["/proc/x", "file/x"])
