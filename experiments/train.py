@@ -81,6 +81,8 @@ DEFAULT_EPOCHS = {"digits": 20}
 DEFAULT_BATCH = {"digits": 64}
 # Options that change no figure: left out of the run's name so that --resume finds it.
 _NOT_IN_NAME = ("resume", "workdir", "out", "progress", "quiet", "keep_checkpoints")
+# Who joins a multi-process run and how: the same for every process, and no figure depends on it.
+_NOT_IN_NAME += ("coordinator", "num_processes", "process_id")
 
 
 def _eta_value(text: str) -> Any:
@@ -295,6 +297,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         help="data-parallel over the first N devices (default: all visible devices)",
     )
+    hosts = parser.add_argument_group(
+        "several hosts", "one process per host, the same command on each but --process-id"
+    )
+    hosts.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        help="join a multi-process run through jax.distributed.initialize at this address of "
+        "process 0 ('auto': the cluster's own settings, e.g. SLURM, Open MPI, Cloud TPU)",
+    )
+    hosts.add_argument("--num-processes", type=_positive, help="processes in the run")
+    hosts.add_argument("--process-id", type=_non_negative, help="this process, 0 to N-1")
     return parser
 
 
@@ -333,6 +346,28 @@ def _cli_errors(function):
                 _LOCKED.pop()[1].close()  # closing the file releases its lock
 
     return wrapper
+
+
+def _start_processes(args: argparse.Namespace) -> None:
+    """Joins the processes of a multi-host run before any device is used (``--coordinator``);
+    every process then sees all devices of all hosts (``jax.devices()``)."""
+    explicit = args.num_processes is not None or args.process_id is not None
+    if args.coordinator is None:
+        if explicit:
+            raise UsageError("--num-processes and --process-id need --coordinator HOST:PORT")
+        return
+    if args.coordinator == "auto":
+        jax.distributed.initialize()
+        return
+    if args.num_processes is None or args.process_id is None:
+        raise UsageError(f"--coordinator {args.coordinator} needs --num-processes and --process-id")
+    if args.process_id >= args.num_processes:
+        raise UsageError(
+            f"--process-id {args.process_id}: must be below --num-processes {args.num_processes}"
+        )
+    # CPU processes reach each other through gloo (GPUs and TPUs bring their own collectives).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
 
 
 def _check_devices(args: argparse.Namespace) -> None:
@@ -449,7 +484,9 @@ def _open_workdir(args: argparse.Namespace, workdir: str) -> None:
         raise UsageError(
             f"--workdir {workdir}: cannot create it ({err.strerror}); choose a writable directory"
         ) from None
-    _lock(workdir)
+    primary = jax.process_index() == 0  # the other processes of a multi-host run only check
+    if primary:
+        _lock(workdir)
     path = os.path.join(workdir, ARGUMENTS_FILE)
     current = _figure_arguments(args)
     try:
@@ -478,8 +515,9 @@ def _open_workdir(args: argparse.Namespace, workdir: str) -> None:
             f"--workdir {workdir} holds another run ({differences}); choose another --workdir, "
             "or delete that one"
         )
-    with training.atomic_open(path) as handle:
-        json.dump(current, handle, indent=1)
+    if primary:
+        with training.atomic_open(path) as handle:
+            json.dump(current, handle, indent=1)
 
 
 def _holds_a_run(workdir: str) -> bool:
@@ -614,8 +652,12 @@ def _run_methods(args, experiment: methods_lib.Experiment) -> list[methods_lib.M
 def main(argv: Sequence[str] | None = None) -> dict:
     started = time.perf_counter()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _complete(build_parser().parse_args(argv))
-    log = (lambda message: None) if args.quiet else (lambda message: print(message, flush=True))
+    args = build_parser().parse_args(argv)
+    _start_processes(args)
+    args = _complete(args)
+    # In a multi-process run, process 0 speaks and writes for all.
+    quiet = args.quiet or jax.process_index() > 0
+    log = (lambda message: None) if quiet else (lambda message: print(message, flush=True))
     workdir = args.workdir or os.path.join("runs", run_name(args))
     out = args.out or os.path.join(workdir, "result.json")
     _open_workdir(args, workdir)
@@ -631,6 +673,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 def _write(path: str, summary: dict) -> None:
+    if jax.process_index() > 0:  # process 0 writes for a multi-process run
+        return
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with training.atomic_open(path) as handle:
         json.dump(summary, handle, indent=1, default=_json_default)
@@ -719,6 +763,8 @@ def _run_seeds(args, argv, workdir, log) -> dict:
 
 
 def _print_table(rows: list[dict], selected: dict, show=print) -> None:
+    if jax.process_index() > 0:  # process 0 prints for a multi-process run
+        return
     show(report_lib.format_table(rows))
     show(report_lib.LEGEND)
     for kind, label in selected.items():
@@ -806,6 +852,7 @@ def _summarise(
             "count": args.devices,
             "kind": jax.devices()[0].device_kind,
             "platform": jax.devices()[0].platform,
+            **({"processes": jax.process_count()} if jax.process_count() > 1 else {}),
         },
         "results": entries,
         "selected_on_validation": selected,

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from experiments import checkpoints as checkpoints_lib
@@ -230,7 +231,14 @@ class TrainData:
     def place_batch(self, images: np.ndarray, labels: np.ndarray) -> tuple[Any, Any]:
         if self.mesh is None:
             return images, labels
-        return jax.device_put((images, labels), self._batch_sharding)
+        if jax.process_count() == 1:
+            return jax.device_put((images, labels), self._batch_sharding)
+        # Several processes: each holds the same global batch (same data, same shuffle) and
+        # hands over only the rows of its own devices.
+        return tuple(
+            jax.make_array_from_callback(array.shape, self._batch_sharding, array.__getitem__)
+            for array in (images, labels)
+        )
 
     @functools.cached_property
     def _batch_sharding(self) -> NamedSharding:
@@ -297,8 +305,10 @@ def _open_checkpoints(workdir, phase, resume, *, keep):
     if not workdir:
         return None
     directory = os.path.join(workdir, phase.key)
-    if not resume:
+    if not resume and jax.process_index() == 0:
         shutil.rmtree(os.path.join(directory, "checkpoints"), ignore_errors=True)
+    if jax.process_count() > 1:  # no process may open the directory before it is cleared
+        multihost_utils.sync_global_devices(f"checkpoints of {phase.key}")
     return checkpoints_lib.PhaseCheckpoints(directory, keep=keep)
 
 

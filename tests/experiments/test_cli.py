@@ -14,7 +14,7 @@ import optax
 import pytest
 
 from experiments import checkpoints, train, training
-from tests._devices import run_with_devices
+from tests._devices import run_processes, run_with_devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ["--dataset", "digits", "--limit-train", "256", "--limit-test", "120", "--quiet"]
@@ -498,6 +498,10 @@ def test_no_progress_bars_off_a_terminal(tmp_path, capsys):
     assert f"MB in {tmp_path / 'w'}" in captured.out.splitlines()[-1]
 
 
+# Arguments that say where and how a run goes, not what it computes.
+RUN_ONLY = ("workdir", "out", "coordinator", "num_processes", "process_id")
+
+
 def _train_in_subprocess(devices_visible, argv, tmp_path):
     """Runs the CLI in a fresh interpreter that sees ``devices_visible`` simulated CPU
     devices; returns its result.json."""
@@ -513,14 +517,39 @@ def test_data_parallel_on_four_devices_matches_one_device(tmp_path):
     one = _train_in_subprocess(
         4, [*argv, "--devices", "1", "--workdir", str(tmp_path / "one")], tmp_path
     )
+    # Two hosts with two devices each, as one process per host would run them.
+    hosts = tmp_path / "hosts"
+    stdout = run_processes(2, 2, ["-m", "experiments.train", *argv, "--workdir", str(hosts)])
+    assert stdout.count("acc %") == 1  # process 0 prints the table
+    two_hosts = json.loads((hosts / "result.json").read_text())
+    assert two_hosts["devices"] == {**four["devices"], "processes": 2}
+    figures = lambda result: {k: v for k, v in result["arguments"].items() if k not in RUN_ONLY}
+    assert figures(two_hosts) == figures(four)
+    _assert_same_training(two_hosts, four)  # gloo sums across processes in another order
     assert four["devices"]["count"] == 4 and four["arguments"]["devices"] == 4
     assert one["devices"]["count"] == 1 and four["devices"]["platform"] == "cpu"
-    for a, b in zip(four["results"], one["results"], strict=True):
+    _assert_same_training(four, one)
+
+
+def _assert_same_training(result, other):
+    for a, b in zip(result["results"], other["results"], strict=True):
         # The same global batches: equal up to the order of float reductions.
         np.testing.assert_allclose(a["test_accuracy"], b["test_accuracy"], atol=1.5 / 120)
         for phase in a["history"]:
             losses = [[e["train_loss"] for e in r["history"][phase]] for r in (a, b)]
             np.testing.assert_allclose(*losses, rtol=2e-3)
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--num-processes", "2"], "--num-processes and --process-id need --coordinator"),
+        (["--coordinator", "127.0.0.1:1", "--num-processes", "2"], "needs --num-processes and"),
+        (["--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"], "--process-id 2"),
+    ],
+)
+def test_incomplete_multi_process_arguments_are_one_line(argv, named, capsys):
+    assert named in _error_line([*TINY, *argv], capsys)
 
 
 def test_devices_must_exist(capsys):
