@@ -498,6 +498,12 @@ def _open_workdir(args: argparse.Namespace, workdir: str) -> None:
         raise UsageError(
             f"{path} is unreadable ({err}); remove it or choose another --workdir"
         ) from None
+    if args.resume and any("checkpoint.npz" in names for _, _, names in os.walk(workdir)):
+        raise UsageError(
+            f"--resume: --workdir {workdir} holds .npz checkpoints of an earlier sparsejax, "
+            "which this version does not read (it writes orbax checkpoints); rerun without "
+            "--resume in another --workdir"
+        )
     if stored is None and args.resume:
         named = "" if args.workdir else " (the default --workdir is named after the arguments)"
         raise UsageError(

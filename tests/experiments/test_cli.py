@@ -552,6 +552,13 @@ def test_incomplete_multi_process_arguments_are_one_line(argv, named, capsys):
     assert named in _error_line([*TINY, *argv], capsys)
 
 
+def test_resuming_an_npz_workdir_of_an_earlier_version_is_one_line(tmp_path, capsys):
+    (tmp_path / "dense-e1-0000").mkdir()
+    (tmp_path / "dense-e1-0000" / "checkpoint.npz").write_bytes(b"")
+    line = _error_line([*SMALL, "--workdir", str(tmp_path), "--resume"], capsys)
+    assert ".npz checkpoints of an earlier sparsejax" in line
+
+
 def test_devices_must_exist(capsys):
     with pytest.raises(SystemExit) as exit_info:
         train.main([*TINY, "--devices", str(jax.device_count() + 1)])
