@@ -17,9 +17,12 @@ set (``--val-size``, 5,000 examples by default) is held out of the training spli
 evaluated on it, the test set once per final model, and any choice among rows reads validation
 accuracy only.
 
-The workdir also keeps the run's arguments (``arguments.json``). ``--resume`` continues only
-the run they describe: with other arguments, or with nothing to resume, it stops with a message.
-Without ``--resume`` the same arguments start the run afresh, and a workdir that holds a run
+The workdir also keeps the run's arguments (``arguments.json``): the model, the data, the seeds
+and the training settings shared by all methods, not which methods run with which knobs.
+``--resume`` continues only the run they describe: with other such arguments, or with nothing
+to resume, it stops with a message; other methods or radii may be added to a workdir with
+``--resume`` (their phases have keys of their own and share the dense one). Without
+``--resume`` the same arguments start the run afresh, and a workdir that holds a run
 (a checkpoint or a result) with other arguments is refused. A lock (``.lock``, released when
 the run ends) keeps a second run out of a workdir in use. Checkpoints and result files are
 replaced atomically.
@@ -288,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-checkpoints",
         type=_positive,
         default=2,
-        help="epoch checkpoints kept per phase, the latest ones (default: 2)",
+        help="epoch checkpoints kept per phase, the latest ones",
     )
     run.add_argument("--out", help="result JSON (default: <workdir>/result.json)")
     run.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
@@ -426,6 +429,18 @@ def _complete(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+# Which methods run, with which knobs: commands that differ only in these can share a workdir
+# (each method's phases have keys of their own; the dense phase is shared).
+_PER_METHOD = ("method", "eta", "sparsity", "schedule", "group_axis", "layers")
+_PER_METHOD += ("retrain_epochs", "retrain_lr", "prune_dead", "sis_steps")
+_PER_METHOD += ("prox_lam", "prox_rate", "prox_group", "prox_every", "xrda_lr", "xrda_lam")
+
+
+def _workdir_arguments(args: argparse.Namespace) -> dict:
+    """The arguments a workdir is bound to: the figure arguments but :data:`_PER_METHOD`."""
+    return {k: v for k, v in _figure_arguments(args).items() if k not in _PER_METHOD}
+
+
 def _figure_arguments(args: argparse.Namespace) -> dict:
     """The arguments that can change a figure (all but :data:`_NOT_IN_NAME`), as JSON types."""
     options = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_IN_NAME}
@@ -488,7 +503,7 @@ def _open_workdir(args: argparse.Namespace, workdir: str) -> None:
     if primary:
         _lock(workdir)
     path = os.path.join(workdir, ARGUMENTS_FILE)
-    current = _figure_arguments(args)
+    current = _workdir_arguments(args)
     try:
         with open(path) as handle:
             stored = json.load(handle)

@@ -370,6 +370,18 @@ def test_resume_with_the_same_arguments_continues(small_run, capsys):
     assert "resumed after epoch 1/1" in capsys.readouterr().out
 
 
+def test_other_methods_join_a_workdir_with_resume_and_share_its_dense_phase(small_run, capsys):
+    loud = [arg for arg in SMALL if arg != "--quiet"]
+    other = [*loud, "--workdir", str(small_run), "--resume", "--method", "adam", "pgl1"]
+    train.main([*other, "--eta", "30"])
+    out = capsys.readouterr().out
+    assert "[dense-e1-" in out and "resumed after epoch 1/1" in out  # the stored dense phase
+    assert "pgl1" in out and "epoch 1/1" in out.split("resumed after epoch 1/1", 1)[1]
+    # The workdir stays bound to its data and training settings.
+    line = _error_line([*other, "--lr", "0.01"], capsys)
+    assert "--lr 0.001 there, 0.01 here" in line
+
+
 def test_resume_with_nothing_to_resume_says_so(tmp_path, capsys):
     line = _error_line([*SMALL, "--workdir", str(tmp_path / "new"), "--resume"], capsys)
     assert "nothing to resume" in line and str(tmp_path / "new") in line
