@@ -513,6 +513,8 @@ def _open_workdir(args: argparse.Namespace, workdir: str) -> None:
         raise UsageError(
             f"{path} is unreadable ({err}); remove it or choose another --workdir"
         ) from None
+    if stored is not None:  # workdirs of earlier versions also stored per-method arguments
+        stored = {k: v for k, v in stored.items() if k not in _PER_METHOD}
     if args.resume and any("checkpoint.npz" in names for _, _, names in os.walk(workdir)):
         raise UsageError(
             f"--resume: --workdir {workdir} holds .npz checkpoints of an earlier sparsejax, "
