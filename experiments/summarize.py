@@ -77,7 +77,8 @@ def paper_rows(table: str) -> list[dict]:
 
 # Arguments that do not change a configuration's figures, or that are the row's own label.
 _NOT_CONFIGURATION = ("seed", "seeds", "workdir", "out", "resume", "quiet", "progress", "method",
-                      "eta", "sparsity")  # fmt: skip
+                      "eta", "sparsity", "keep_checkpoints", "coordinator", "num_processes",
+                      "process_id")  # fmt: skip
 
 
 def _summary(entry: dict) -> dict:

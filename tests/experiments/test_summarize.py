@@ -130,3 +130,19 @@ def test_plot_has_error_bars(files, tmp_path):
     plot = tmp_path / "plot.png"
     summarize.main([*paths, "--paper", "IV", "--plot", str(plot)])
     assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+TWO_PROCESSES = {"coordinator": "h:1234", "num_processes": 2, "process_id": 0}
+
+
+def test_where_and_how_a_run_went_is_not_its_configuration(tmp_path):
+    # Seeds run on one host with other checkpoint settings, or as a two-process run, are
+    # the same configuration; more epochs are not.
+    entry = [("pgl11", "pgl11 eta=400 alg4", 88.0, 100_000, 130.0)]
+    paths = [
+        _write(tmp_path / "a.json", 0, entry, keep_checkpoints=2),
+        _write(tmp_path / "b.json", 1, entry, keep_checkpoints=5, **TWO_PROCESSES),
+        _write(tmp_path / "c.json", 2, entry, epochs=16),
+    ]
+    rows = summarize.aggregate([row for path in paths for row in summarize.result_rows(path)])
+    assert [row["seeds"] for row in rows] == [[0, 1], [2]]
