@@ -19,12 +19,18 @@ name               layers                                                  dense
 ``vgg19``          VGG-19 with BN, one linear classifier (Siegel et al.)   398.1M       20.04M
 ``resnet18``       wide ResNet-18, 64-128-256-512 (Siegel et al.)          555.4M       11.17M
 ``resnet56``       ResNet-56, 16-32-64, zero-pad shortcuts (Siegel et al.) 125.5M       853.0k
+``resnet20``       ResNet-20, 16-32-64, zero-pad shortcuts (He et al.)     30.8M        269.4k
+``vit_tiny``       ViT: 7x7 patches, width 64, 2 blocks of 4-head          1.16M        71.9k
+                   attention + 128-unit MLP, mean-pooled tokens
 ``vgg_l0``         C64 M C128 M C256 C256 M C512 C512 M C512 C512 M        152.8M       9.24M
                    FC32 FC10 (Formanek & Hadházi's VGG variant)
 =================  ======================================================  ===========  =========
 
-MACCs and parameter counts are for 28x28x1 inputs (first three) and 32x32x3 inputs with
-10 classes (the rest); the fully connected models adapt their input width to the images.
+MACCs and parameter counts are for 28x28x1 inputs (first three and the last two) and 32x32x3
+inputs with 10 classes (the rest); the fully connected models adapt their input width to the
+images, ``vit_tiny`` its patches (7x7 when the image sides are multiples of 7, else 4x4, 2x2,
+1x1). Attention MACCs count the q, k, v and output projections and the two activation products
+(q.k^T and weights.v), as the traced program has them.
 
 Example:
   >>> model = create_model("lenet300_100", input_shape=(28, 28, 1), num_classes=10, seed=0)
@@ -54,6 +60,7 @@ __all__ = [
     "Net4",
     "ResNet",
     "SimpleNet",
+    "VisionTransformer",
     "count_maccs",
     "count_params",
     "create_model",
@@ -74,6 +81,8 @@ MODEL_NAMES = (
     "resnet18",
     "resnet56",
     "vgg_l0",
+    "resnet20",
+    "vit_tiny",
 )
 
 
@@ -386,6 +395,67 @@ class ResNet(nnx.Module):
         return self.classifier(jnp.mean(x, axis=(1, 2)))
 
 
+class EncoderBlock(nnx.Module):
+    """A pre-norm transformer block: ``x + attention(norm1(x))``, then ``x + fc2(gelu(fc1(
+    norm2(x))))``."""
+
+    def __init__(self, width: int, heads: int, hidden: int, rngs: nnx.Rngs):
+        self.norm1 = nnx.LayerNorm(width, rngs=rngs)
+        self.attention = nnx.MultiHeadAttention(
+            heads, width, kernel_init=_TORCH_KERNEL_INIT, decode=False, rngs=rngs
+        )
+        self.norm2 = nnx.LayerNorm(width, rngs=rngs)
+        self.fc1 = _dense(width, hidden, rngs)
+        self.fc2 = _dense(hidden, width, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x + self.attention(self.norm1(x))
+        return x + self.fc2(nnx.gelu(self.fc1(self.norm2(x))))
+
+
+class VisionTransformer(nnx.Module):
+    """A small ViT: non-overlapping ``patch`` x ``patch`` patches embedded by a linear
+    ``stem``, a learned position embedding, :class:`EncoderBlock` s, a final LayerNorm, the
+    mean over tokens and a linear ``classifier``."""
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        *,
+        patch: int,
+        width: int = 64,
+        depth: int = 2,
+        heads: int = 4,
+        hidden: int = 128,
+        rngs: nnx.Rngs,
+    ):
+        height, breadth, channels = input_shape
+        if height % patch or breadth % patch:
+            raise ValueError(f"patch {patch} must divide the image sides, got {input_shape!r}")
+        self.patch = patch
+        tokens = (height // patch) * (breadth // patch)
+        self.stem = _dense(patch * patch * channels, width, rngs)
+        self.position = nnx.Param(0.02 * jax.random.normal(rngs.params(), (1, tokens, width)))
+        self.blocks = nnx.List([EncoderBlock(width, heads, hidden, rngs) for _ in range(depth)])
+        self.norm = nnx.LayerNorm(width, rngs=rngs)
+        self.classifier = _dense(width, num_classes, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n, height, breadth, channels = x.shape
+        p = self.patch
+        x = x.reshape(n, height // p, p, breadth // p, p, channels).transpose(0, 1, 3, 2, 4, 5)
+        x = self.stem(x.reshape(n, -1, p * p * channels)) + self.position[...]
+        for block in self.blocks:
+            x = block(x)
+        return self.classifier(jnp.mean(self.norm(x), axis=1))
+
+
+def _vit_patch(input_shape: Sequence[int]) -> int:
+    height, breadth, _ = input_shape
+    return next(p for p in (7, 4, 2, 1) if height % p == 0 and breadth % p == 0)
+
+
 def create_model(
     name: str,
     *,
@@ -433,6 +503,10 @@ def create_model(
         )
     if name == "resnet56":
         return ResNet((16, 32, 64), (9, 9, 9), "pad", input_shape, num_classes, rngs=rngs)
+    if name == "resnet20":
+        return ResNet((16, 32, 64), (3, 3, 3), "pad", input_shape, num_classes, rngs=rngs)
+    if name == "vit_tiny":
+        return VisionTransformer(input_shape, num_classes, patch=_vit_patch(input_shape), rngs=rngs)
     raise ValueError(f"name must be one of {MODEL_NAMES}, got {name!r}")
 
 

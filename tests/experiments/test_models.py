@@ -44,13 +44,13 @@ def _vgg(config, classes, hidden=()):
     return _add(total, _dense_layers((cin * hw * hw, *hidden, classes)))
 
 
-def _resnet(widths, depths, projection, classes):
-    total = _conv(3, 3, widths[0], 32, bias=False, bn=True)
-    cin, hw = widths[0], 32
+def _resnet(widths, depths, projection, classes, image=CIFAR):
+    total = _conv(3, image[-1], widths[0], image[0], bias=False, bn=True)
+    cin, hw = widths[0], image[0]
     for stage, (cout, depth) in enumerate(zip(widths, depths)):
         for block in range(depth):
             if stage > 0 and block == 0:
-                hw //= 2
+                hw = (hw + 1) // 2  # stride 2, padding 1
             total = _add(total, _conv(3, cin, cout, hw, bias=False, bn=True))
             total = _add(total, _conv(3, cout, cout, hw, bias=False, bn=True))
             if projection and cin != cout:
@@ -70,6 +70,19 @@ def _simplenet():
     return _add(total, _dense_layers((256, 10)))
 
 
+def _vit(image, patch, width, depth, hidden, classes):
+    """(maccs, params) of a ViT with mean-pooled tokens: per block the q, k, v and output
+    projections, q.k^T and weights.v (over all heads: tokens^2 x width each), the MLP."""
+    tokens, pixels = (image[0] // patch) * (image[1] // patch), patch * patch * image[2]
+    stem = _dense_layers((pixels, width))
+    attention = (4 * tokens * width * width + 2 * tokens * tokens * width, 4 * (width + 1) * width)
+    mlp = _dense_layers((width, hidden, width))
+    norms = (0, 2 * width)
+    block = _add(attention, (tokens * mlp[0], mlp[1]), norms, norms)
+    total = _add((tokens * stem[0], stem[1] + tokens * width), *[block] * depth, norms)
+    return _add(total, _dense_layers((width, classes)))
+
+
 VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 VGG19 = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M")
 VGG19 += (512, 512, 512, 512, "M")
@@ -85,6 +98,8 @@ EXPECTED = {
     "vgg_l0": (CIFAR, _vgg(VGG_L0, 10, hidden=(32,))),
     "resnet18": (CIFAR, _resnet((64, 128, 256, 512), (2, 2, 2, 2), True, 10)),
     "resnet56": (CIFAR, _resnet((16, 32, 64), (9, 9, 9), False, 10)),
+    "resnet20": (MNIST, _resnet((16, 32, 64), (3, 3, 3), False, 10, image=MNIST)),
+    "vit_tiny": (MNIST, _vit(MNIST, 7, 64, 2, 128, 10)),
 }
 
 # Figures the papers print: dense MACCs (Guyard & Barlaud) and parameter counts (Siegel et al.;
@@ -187,7 +202,7 @@ def _step_inputs(name, model):
     return split, step, state, images, jnp.array([1, 3])
 
 
-@pytest.mark.parametrize("name", ["net4", "lenet300_100", "lfc4"])
+@pytest.mark.parametrize("name", ["net4", "lenet300_100", "lfc4", "resnet20", "vit_tiny"])
 def test_one_jitted_training_step_runs(name):
     model = models.create_model(name, input_shape=EXPECTED[name][0], seed=0)
     split, step, state, images, labels = _step_inputs(name, model)
