@@ -27,6 +27,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -56,6 +58,9 @@ PROJECTIONS = {
     "pgl1inf": "project_l1inf",
     "pgl1inf_bilevel": "project_bilevel_l1inf",
 }
+# The ball of each structured method over coupled groups (--group-axis coupled).
+COUPLED_BALLS = {"pgl21": "l21", "pgl11": "l11", "pgl1inf": "l1inf"}
+COUPLED_BALLS["pgl1inf_bilevel"] = "bilevel_l1inf"
 SCHEDULES = ("alg1", "dense_alg1", "alg4", "alg4_norewind")
 METHODS = ("adam", *PROJECTIONS, "prox_rmsprop", "xrda", "magnitude", "sis")
 
@@ -155,6 +160,40 @@ def prune_dead_units(params: Any, mask: Any) -> Any:
 
 # Settings that only change the retraining phase (not in the digest of the phases before it).
 _RETRAIN_FIELDS = ("retrain_epochs", "retrain_lr", "prune_dead")
+
+
+def non_overlapping(groups: list, params: Any) -> list:
+    """The largest coupled groups first, each kept when its weights (the rows its units read)
+    share none with a group kept before: attention heads over head dimensions, whose weights
+    cross theirs. Returned in their original order."""
+    shapes = {
+        sparsejax.path_string(path): np.shape(leaf)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+    }
+
+    def reads(group):
+        return [member for member in group.members if member.reads]
+
+    def size(index):
+        return sum(
+            len(m.indices) * math.prod(shapes[m.path]) // shapes[m.path][m.axis]
+            for m in reads(groups[index])
+        )
+
+    taken: dict[str, tuple[int, set]] = {}  # path -> (axis, indices taken on it)
+    kept = []
+    for index in sorted(range(len(groups)), key=size, reverse=True):
+        members = reads(groups[index])
+        free = all(
+            m.path not in taken
+            or (taken[m.path][0] == m.axis and not taken[m.path][1].intersection(m.indices))
+            for m in members
+        )
+        if free and members:
+            for m in members:
+                taken.setdefault(m.path, (m.axis, set()))[1].update(m.indices)
+            kept.append(index)
+    return [groups[index] for index in sorted(kept)]
 
 
 def _non_default(settings: Settings) -> dict:
@@ -316,11 +355,7 @@ class Experiment:
     def projection(self, method: str, eta: Any) -> MethodResult:
         """A ``pgl*`` method with the settings' schedule and radius ``eta``."""
         s = self.settings
-        factory = getattr(sparsejax, PROJECTIONS[method])
-        options = {"where": s.layers}
-        if method != "pgl1":
-            options["group_axis"] = s.group_axis
-        make_projection = lambda: factory(eta, **options)
+        make_projection = self._projection_factory(method, eta)
         key = f"{method}-eta{_eta_key(eta)}-{s.schedule}-e{s.epochs}"
         phases: dict = {}
         if s.schedule in ("alg4", "alg4_norewind"):
@@ -347,8 +382,33 @@ class Experiment:
             mask = self._mask_of(start)
         final = self._finetune(key, start, rest, mask)
         phases["retrain"] = final.history
-        label = f"{method} eta={_eta_label(eta)} {s.schedule}{self._retrain_label()}"
+        coupled = " coupled" if s.group_axis == "coupled" and method != "pgl1" else ""
+        label = f"{method}{coupled} eta={_eta_label(eta)} {s.schedule}{self._retrain_label()}"
         return MethodResult(method, label, final.params, final.rest, phases, {"eta": eta})
+
+    def _projection_factory(self, method: str, eta: Any) -> Callable[[], Any]:
+        s = self.settings
+        if s.group_axis == "coupled" and method != "pgl1":
+            groups = self._coupled_groups()
+            ball = COUPLED_BALLS[method]
+            return lambda: sparsejax.transforms.project_coupled(eta, groups, ball=ball)
+        factory = getattr(sparsejax, PROJECTIONS[method])
+        options = {"where": s.layers}
+        if method != "pgl1":
+            options["group_axis"] = s.group_axis
+        return lambda: factory(eta, **options)
+
+    def _coupled_groups(self) -> list:
+        """The model's removable coupled groups with a weight in a constrained layer."""
+        model = training.merge_model(self.split.eval_graph, self.split.params, self.split.rest)
+        example = jnp.asarray(self.data.train_images[:1])
+        pattern = re.compile(self.settings.layers)
+        groups = [
+            group
+            for group in sparsejax.coupled_groups(model, example)
+            if group.removable and any(pattern.search(m.path) for m in group.members)
+        ]
+        return non_overlapping(groups, self.split.params)
 
     def magnitude(self, sparsity: float) -> MethodResult:
         """Global magnitude pruning of the dense network, then masked fine-tuning."""

@@ -126,8 +126,11 @@ def _positive_float(text: str) -> float:
 def _group_axis(text: str) -> str:
     """Accepts the library's spelling (input/output) and the CLI's (inputs/outputs)."""
     spellings = {"input": "inputs", "inputs": "inputs", "output": "outputs", "outputs": "outputs"}
+    spellings["coupled"] = "coupled"
     if text not in spellings:
-        raise argparse.ArgumentTypeError(f"expected input|inputs|output|outputs, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected input|inputs|output|outputs|coupled, got {text!r}"
+        )
     return spellings[text]
 
 
@@ -218,8 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--group-axis",
         default="inputs",
         type=_group_axis,
-        help="structured groups: input|inputs (input units/channels, Guyard & Barlaud) or "
-        "output|outputs (output units/filters)",
+        help="structured groups: input|inputs (input units/channels, Guyard & Barlaud), "
+        "output|outputs (output units/filters), or coupled (sparsejax.coupled_groups: units "
+        "tied by residual adds, concatenation, attention heads, one group each, its measure "
+        "over all the layers that read it; one radius for the model)",
     )
     how.add_argument(
         "--sparsity",
@@ -582,6 +587,11 @@ def _check_eta(args: argparse.Namespace, params: Any) -> None:
     for eta in args.eta:
         if not isinstance(eta, dict):
             continue
+        if args.group_axis == "coupled":
+            raise UsageError(
+                f"--eta {','.join(f'{k}={v:g}' for k, v in eta.items())}: --group-axis coupled "
+                "takes one radius for the whole model (its groups span layers)"
+            )
         used = {next((p for p in eta if re.search(p, path)), None) for path in paths}
         unused = [pattern for pattern in eta if pattern not in used]
         if unused:

@@ -229,6 +229,7 @@ def test_a_checkpoint_outlives_the_donating_step_that_follows_it(tmp_path):
         (["--epochs", "0"], "--epochs"),
         (["--method", "magnitude"], "--sparsity"),
         (["--layers", "fc[1"], "--layers"),
+        (["--group-axis", "coupled", "--eta", "fc1=3"], "--group-axis coupled takes one"),
     ],
 )
 def test_bad_arguments_exit_with_one_line_and_status_2(argv, named, capsys):

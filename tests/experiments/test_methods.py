@@ -6,6 +6,7 @@ import os
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 import sparsejax
 from experiments import data as data_lib
@@ -151,3 +152,57 @@ def test_checkpoint_keys_tell_close_radii_and_sparsities_apart(tiny, tmp_path):
     names = os.listdir(tmp_path)
     assert len([name for name in names if name.startswith("pgl11-")]) == 2
     assert len([name for name in names if name.startswith("magnitude-")]) == 2
+
+
+class _ImageResidual(nnx.Module):
+    """``c(h + b2(relu(b(h))))`` with ``h = a(flatten(x))``: a residual stream of width 8."""
+
+    def __init__(self, rngs):
+        self.a = nnx.Linear(64, 8, rngs=rngs)
+        self.b = nnx.Linear(8, 6, rngs=rngs)
+        self.b2 = nnx.Linear(6, 8, rngs=rngs)
+        self.c = nnx.Linear(8, 10, rngs=rngs)
+
+    def __call__(self, x):
+        h = self.a(x.reshape(x.shape[0], -1))
+        return self.c(h + self.b2(jax.nn.relu(self.b(h))))
+
+
+def _read_rows(params, group):
+    """The rows of every kernel its units are read by (NumPy), concatenated."""
+    parts = []
+    for m in group.members:
+        if m.reads:
+            leaf = params
+            for key in m.path.split("/"):
+                leaf = leaf[key]
+            parts.append(np.take(np.asarray(leaf), list(m.indices), axis=m.axis).ravel())
+    return np.concatenate(parts)
+
+
+def test_coupled_projection_zeroes_whole_coupled_groups(tiny, tmp_path):
+    _, data, _ = tiny
+    split = training.split_model(_ImageResidual(nnx.Rngs(0)))
+    settings = methods.Settings(layers=r"kernel$", epochs=1, retrain_epochs=0, group_axis="coupled")
+    experiment = _quiet_experiment(split, data, settings, tmp_path)
+    eta = 2.0
+    params = experiment.projection("pgl21", eta).params
+    groups = experiment._coupled_groups()
+    # Every removable group: the 8 units of the residual stream and the 6 of the block.
+    assert len(groups) == 14
+    rows = [_read_rows(params, group) for group in groups]
+    norms = np.array([np.linalg.norm(r) for r in rows])
+    assert norms.sum() <= eta * (1 + 1e-5)  # the l2,1 ball over the concatenated groups
+    assert 0 < (norms == 0).sum() < len(groups)
+    assert all(np.all(r == 0) or np.all(r != 0) for r in rows)  # whole groups, not entries
+
+
+def test_non_overlapping_keeps_heads_over_head_dimensions():
+    from sparsejax.nn import CoupledGroup, GroupMember
+
+    params = {"out": {"kernel": np.zeros((4, 16, 64))}, "fc": {"kernel": np.zeros((64, 8))}}
+    head = lambda h: CoupledGroup((GroupMember("out/kernel", 0, (h,), True),), True)
+    depth = lambda d: CoupledGroup((GroupMember("out/kernel", 1, (d,), True),), True)
+    unit = lambda u: CoupledGroup((GroupMember("fc/kernel", 1, (u,), True),), True)
+    groups = [depth(0), head(0), unit(0), head(1), depth(1), unit(1)]
+    assert methods.non_overlapping(groups, params) == [head(0), unit(0), head(1), unit(1)]
