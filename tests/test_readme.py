@@ -26,8 +26,9 @@ import tomllib
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 TEXT = README.read_text()
-# The narrative pages; their ``{code-cell}`` cells are executed by the docs build (.ci/docs).
-PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+# The narrative pages (their ``{code-cell}`` cells are executed by the docs build, .ci/docs)
+# and the reproductions, whose commands must run as written too.
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md")), ROOT / "experiments" / "RESULTS.md"]
 
 # A fence opens and closes at the same indentation (blocks inside list items are indented).
 FENCE = re.compile(
