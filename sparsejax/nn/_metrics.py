@@ -65,7 +65,7 @@ from typing import Any
 import numpy as np
 
 from sparsejax import _optional
-from sparsejax.nn import _tracing, _units
+from sparsejax.nn import _calls, _dead, _tracing, _units
 from sparsejax.nn._memory import _memory, compressed_bytes, entropy_bits, sparsity
 from sparsejax.nn._table import _format_table
 
@@ -257,12 +257,25 @@ def model_report(
     if baseline is not None and not isinstance(baseline, ModelReport):
         raise ValueError(f"baseline must be a ModelReport, got {type(baseline).__name__}")
     network = _tracing.trace(model, example_input, variables)
-    plans = _units.plan_units(network)
+    coupled, problem = None, None
+    if not network.sequential:
+        try:
+            coupled = _dead._plan(network, _calls.wrap_model(model, variables), example_input)
+        except ValueError as error:  # not analysable: per-layer counts, and the note says why
+            problem = str(error)
+    if coupled is None:
+        plans = _units.plan_units(network)
+    else:
+        plans = [coupled.layer_plan(layer) for layer in network.layers]
     rows = [_layer_row(layer, plan) for layer, plan in zip(network.layers, plans)]
     other = network.unowned_params()
     if other:
-        rows.append(_other_row([leaf for _, leaf in other]))
-    report = ModelReport(tuple(rows), network.sequential, _note(network))
+        kept = None
+        if coupled is not None:
+            kept = sum(coupled.kept_size(coupled.param_name(path)) for path, _ in other)
+        rows.append(_other_row([leaf for _, leaf in other], kept))
+    note = _note(network, problem) if coupled is None else _coupled_note(network, coupled)
+    report = ModelReport(tuple(rows), network.sequential, note)
     return report if baseline is None else report.with_baseline(baseline)
 
 
@@ -284,13 +297,29 @@ def effective_maccs(model: Any, example_input: Any, variables: Any = None) -> in
     return model_report(model, example_input, variables).effective_maccs
 
 
-def _note(network: _tracing.Network) -> str:
+def _note(network: _tracing.Network, problem: str | None = None) -> str:
     if network.sequential:
         return "sequential: dead units propagated through consecutive layers"
+    why = "" if problem is None else f"; coupled groups not analysable: {problem}"
     return (
-        f"not sequential ({network.chain_problem}): per-layer counts, no propagation "
+        f"not sequential ({network.chain_problem}{why}): per-layer counts, no propagation "
         "(effective MACCs = kh*kw*(Cin - zero inputs)*(Cout - zero outputs)*Hout*Wout)"
     )
+
+
+def _coupled_note(network: _tracing.Network, coupled: _dead.CoupledPlan) -> str:
+    verdicts = coupled.verdicts
+    dead = [v for v in verdicts if v.dead]
+    unread = sum(v.reason == "unread" for v in dead)
+    note = (
+        f"coupled groups (not a chain: {network.chain_problem}): {len(dead)} of "
+        f"{len(verdicts)} removable groups dead ({unread} unread, {len(dead) - unread} "
+        "constant, folded into the readers' biases)"
+    )
+    kept = [v.reason for v in verdicts if v.reason.startswith("kept")]
+    if kept:
+        note += f"; {len(kept)} zero groups kept, e.g. {kept[0]}"
+    return note
 
 
 def _layer_row(layer: _tracing.Layer, plan: _units.UnitPlan) -> LayerReport:
@@ -322,7 +351,7 @@ def _layer_row(layer: _tracing.Layer, plan: _units.UnitPlan) -> LayerReport:
     )
 
 
-def _other_row(arrays: list[np.ndarray]) -> LayerReport:
+def _other_row(arrays: list[np.ndarray], kept: int | None = None) -> LayerReport:
     size, zeros, entropy, compressed = _memory(arrays)
     return LayerReport(
         name="(other parameters)",
@@ -341,7 +370,7 @@ def _other_row(arrays: list[np.ndarray]) -> LayerReport:
         live_outputs=0,
         dense_maccs=0,
         effective_maccs=0,
-        effective_params=size,
+        effective_params=size if kept is None else kept,
         float32_bytes=4 * size,
         entropy_bytes=entropy,
         compressed_bytes=compressed,

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sparsejax import _optional
-from sparsejax.nn import _calls, _tracing, _units
+from sparsejax.nn import _calls, _dead, _tracing, _units
 
 __all__ = ["ShrunkenLinenModel", "remove_dead_units"]
 
@@ -126,10 +126,10 @@ def remove_dead_units(
     _optional.require_flax("sparsejax.remove_dead_units")
     network = _tracing.trace(model, example_input, variables)
     if not network.sequential:
-        raise ValueError(
-            f"model {type(model).__name__} cannot be cut: {network.chain_problem} "
-            "(remove_dead_units supports chains of Dense/Conv layers)"
-        )
+        small, reference, candidate = _cut_coupled(model, example_input, variables, network)
+        if check_outputs:
+            _check_same_outputs(reference, candidate, jnp.asarray(example_input))
+        return small
     cuts = [_Cut(layer, plan) for layer, plan in zip(network.layers, _units.plan_units(network))]
     if _calls._is_nnx_module(model):
         small = _shrink_nnx(model, cuts)
@@ -143,6 +143,63 @@ def remove_dead_units(
         reference, candidate = runner, small
     if check_outputs:
         _check_same_outputs(reference, candidate, jnp.asarray(example_input))
+    return small
+
+
+def _cut_coupled(model, example_input, variables, network):
+    """Surgery on a non-chain model: every dead coupled group is sliced out of every parameter
+    it touches; returns the smaller model and the reference to check it against."""
+    runner = _calls.wrap_model(model, variables)
+    try:
+        plan = _dead._plan(network, runner, example_input)
+    except ValueError as error:
+        raise ValueError(
+            f"model {type(model).__name__} cannot be cut: it is not a chain "
+            f"({network.chain_problem}) and its coupled groups cannot be cut: {error}"
+        ) from error
+    if _calls._is_nnx_module(model):
+        small = _shrink_nnx_coupled(model, plan)
+        return small, _nnx_eval(model), _nnx_eval(small)
+    cuts = [_Cut(layer, plan.layer_plan(layer)) for layer in network.layers]
+    apply_fn = getattr(model, "apply_fn", runner.apply_fn)
+    small = ShrunkenLinenModel(apply_fn, _slice_tree(runner.variables, plan), cuts)
+    return small, runner, small
+
+
+def _slice_tree(tree: Any, plan: _dead.CoupledPlan) -> Any:
+    """``tree`` (NNX state or Linen variables) with the plan's bias shifts added and every
+    leaf sliced to its kept indices."""
+    from sparsejax.transforms import path_string
+
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    new = []
+    for path, leaf in leaves:
+        name = path_string(path)
+        array = np.asarray(leaf)
+        if name in plan.shifts:
+            array = array + plan.shifts[name].astype(array.dtype)
+        masks = plan.kept.get(name)
+        if masks is not None and array.ndim and not all(m.all() for m in masks):
+            array = array[np.ix_(*[np.flatnonzero(m) for m in masks])]
+        new.append(jnp.asarray(array, dtype=jnp.result_type(leaf)))
+    return jax.tree_util.tree_unflatten(treedef, new)
+
+
+def _shrink_nnx_coupled(model: Any, plan: _dead.CoupledPlan) -> Any:
+    from flax import nnx
+
+    small = nnx.clone(model)
+    graphdef, state = nnx.split(small)
+    small = nnx.merge(graphdef, _slice_tree(state, plan))
+    for _, node in nnx.iter_graph(small):
+        # The layers' size attributes follow their (smaller) arrays.
+        if isinstance(node, nnx.Linear):
+            node.in_features, node.out_features = node.kernel.shape
+        elif isinstance(node, nnx.Conv):
+            node.in_features, node.out_features = node.kernel.shape[-2:]
+            node.kernel_shape = tuple(node.kernel.shape)
+        elif isinstance(node, nnx.BatchNorm):
+            node.num_features = int(node.mean.shape[0])
     return small
 
 

@@ -156,6 +156,8 @@ class Network:
     layers: list[Layer]
     params: list[tuple[Path, np.ndarray]]
     chain_problem: str | None  # None when the layers form a chain
+    # Every BatchNorm call, in call order (attached to a layer or not).
+    norms: list[Call] = dataclasses.field(default_factory=list)
     # Free slot for a whole-model dependency graph (coupled unit groups from the jaxpr).
     graph: Any = None
 
@@ -191,6 +193,7 @@ def trace(model: Any, example_input: Any, variables: Any = None) -> Network:
         for call, low, high in zip(layer_calls, lows, highs)
     ]
     network = Network(layers, runner.param_leaves(), None)
+    network.norms = [call for call in calls if call.kind == "norm"]
     network.chain_problem = _chain_problem(runner, x, calls, network)
     return network
 

@@ -1,0 +1,321 @@
+"""Dead coupled groups: which coupled unit groups a model's weights let surgery remove.
+
+Beyond chains, a unit is a whole coupled group (:func:`sparsejax.coupled_groups`): the residual
+channel written by every layer of a stream and read by every layer that reads the stream, a
+concatenated slice, an MLP hidden unit. A removable group is *dead*, and surgery cuts it out
+of every parameter it touches, when one of two things holds, with the other dead groups
+already removed (the kept sets only shrink, so this is repeated until nothing changes, as the
+chain analysis of :mod:`sparsejax.nn._units` does):
+
+* **unread**: every weight that reads the unit (its input rows in each Dense/Conv kernel,
+  ``GroupMember.reads``) is zero towards the kept outputs: the unit is used by nobody;
+* **constant**: every weight that writes the unit (its output columns, towards the kept
+  inputs) is zero, so the unit carries a constant (``act(bias)``, a BatchNorm shift, the sum
+  of such constants on a residual stream). The constant is read from a run on the example
+  input at the input of every layer that reads the unit and folded into that layer's bias,
+  ``b_o += sum_r c_r sum_window W[..., r, o]``, exactly as along a chain; it must be constant
+  over the batch, and zero unless the reader has a bias and keeps constants constant (Dense,
+  or a Conv with VALID/CIRCULAR/REFLECT padding).
+
+A dead-looking group is *kept*, and its verdict says why naming the operation, when the
+model consumes its units in a way that removal would change: a reduction over the unit axis
+(LayerNorm/RMSNorm statistics, a softmax or mean over features: a mean over ``d`` features is
+not a mean over ``d - 1``, even when the removed one is zero), a product of two activations
+contracting it (``q . k^T``), a pooling window or gather along it, or (for a constant) an
+operation that mixes other units' values into it (``h - mean(h)``); or when it touches a
+parameter that belongs to no ``Linear``/``Conv``/``BatchNorm`` layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from sparsejax import _optional
+from sparsejax.nn import _calls, _tracing, _units
+from sparsejax.nn._graph import Analysis, CoupledGroup, analyse
+
+__all__ = ["GroupVerdict", "dead_groups"]
+
+
+class GroupVerdict(NamedTuple):
+    """Whether one removable coupled group is dead, and why.
+
+    Attributes:
+      group: the :class:`sparsejax.nn.CoupledGroup`.
+      dead: True when surgery removes it.
+      reason: ``"unread"`` or ``"constant"`` for a dead group; ``"live"`` for a group with a
+        nonzero weight that reads and one that writes it; otherwise ``"kept: ..."``, why a
+        group whose weights are zero cannot be removed (naming the operation).
+    """
+
+    group: CoupledGroup
+    dead: bool
+    reason: str
+
+
+@dataclasses.dataclass
+class CoupledPlan:
+    """What surgery does to a non-chain model: per parameter, the kept indices of each axis;
+    per Dense/Conv layer, the shift its bias takes from the folded constants."""
+
+    network: _tracing.Network
+    analysis: Analysis
+    verdicts: tuple[GroupVerdict, ...]
+    names: tuple[str, ...]
+    kept: dict[str, list[np.ndarray]]  # leaf name -> one bool mask per axis
+    shifts: dict[str, np.ndarray]  # bias leaf name -> shift over the full bias
+    prefix: str  # "" for NNX, "params/" for Linen
+
+    def layer_plan(self, layer: _tracing.Layer) -> _units.UnitPlan:
+        masks = self.kept[self.leaf(layer, "kernel")]
+        bias = self.leaf(layer, "bias")
+        shift = self.shifts.get(bias, np.zeros(layer.num_outputs))
+        return _units.UnitPlan(masks[-2], masks[-1], shift, None)
+
+    def leaf(self, layer: _tracing.Layer, name: str) -> str:
+        return f"{self.prefix}{layer.name}/{name}"
+
+    def kept_size(self, name: str) -> int:
+        return int(np.prod([int(mask.sum()) for mask in self.kept[name]], dtype=np.int64))
+
+    def param_name(self, path: tuple) -> str:
+        return self.prefix + _calls.path_name(path)
+
+
+def _pure_forward(runner: Any):
+    """``(fn, tree)`` with ``fn(tree, x)`` the runner's (evaluation-mode) forward pass."""
+    if isinstance(runner, _calls._NnxModel):
+        from flax import nnx
+
+        graphdef, state = nnx.split(runner.model)
+        return (lambda tree, x: nnx.merge(graphdef, tree)(x)), state, ""
+    return (lambda tree, x: runner.apply_fn(tree, x)), runner.variables, "params/"
+
+
+def _owners(network: _tracing.Network, prefix: str) -> dict[str, str]:
+    """``{layer path string: kind}`` of the traced layers and BatchNorms."""
+    owners = {layer.name: layer.kind for layer in network.layers}
+    owners.update({_calls.path_name(call.path): "norm" for call in network.norms})
+    return owners
+
+
+def _owner(name: str, prefix: str) -> str:
+    path = name.rsplit("/", 1)[0]
+    for collection in ("params/", "batch_stats/"):
+        if prefix and path.startswith(collection):
+            return path[len(collection) :]
+    return path
+
+
+def plan_coupled(model: Any, example_input: Any, variables: Any = None) -> CoupledPlan:
+    """The coupled plan of a (non-chain) model; raises ValueError for what it cannot cut."""
+    network = _tracing.trace(model, example_input, variables)
+    runner = _calls.wrap_model(model, variables)
+    if getattr(runner, "_input_indices", None):
+        raise ValueError("a ShrunkenLinenModel that gathers its inputs cannot be cut again")
+    return _plan(network, runner, example_input)
+
+
+def _refuse_layers(network: _tracing.Network) -> None:
+    paths = [layer.call.path for layer in network.layers]
+    if len(set(paths)) != len(paths):
+        raise ValueError("a layer is called more than once (shared weights)")
+    for layer in network.layers:
+        if layer.unsupported:
+            raise ValueError(f"{layer.name} is a {layer.unsupported}")
+        if layer.call.input_index is not None:
+            raise ValueError(f"{layer.name} gathers its inputs (a chain surgery's output)")
+
+
+def _plan(network: _tracing.Network, runner: Any, example_input: Any) -> CoupledPlan:
+    _refuse_layers(network)
+    fn, tree, prefix = _pure_forward(runner)
+    try:
+        analysis = analyse(fn, tree, example_input)
+    except ValueError as error:
+        raise ValueError(str(error).replace("coupled_groups: ", "")) from error
+    leaves = [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(tree)]
+    arrays = dict(zip(analysis.names, leaves, strict=True))
+    verdicts, kept, shifts = _judge(network, analysis, arrays, prefix)
+    return CoupledPlan(network, analysis, verdicts, analysis.names, kept, shifts, prefix)
+
+
+def _nonzero_along(array: np.ndarray, axis: int, masks: list[np.ndarray]) -> np.ndarray:
+    """Per index of ``axis``: is any entry nonzero among the kept indices of the other axes?"""
+    index = tuple(
+        np.arange(n) if a == axis else np.flatnonzero(m)
+        for a, (n, m) in enumerate(zip(array.shape, masks, strict=True))
+    )
+    sub = array[np.ix_(*index)] if array.ndim else array
+    others = tuple(a for a in range(array.ndim) if a != axis)
+    return np.any(sub != 0, axis=others) if sub.size else np.zeros(array.shape[axis], bool)
+
+
+def _judge(network, analysis, arrays, prefix):
+    owners = _owners(network, prefix)
+    layers = {f"{prefix}{layer.name}/kernel": layer for layer in network.layers}
+    removable = [k for k, g in enumerate(analysis.groups) if g.removable]
+    dead: dict[int, str] = {}
+    folds: dict[int, dict[str, np.ndarray]] = {}  # group -> {kernel leaf: folded rows}
+    kept_why: dict[int, str] = {}
+
+    def masks_now():
+        masks = {n: [np.ones(s, bool) for s in arrays[n].shape] for n in analysis.names}
+        for k in dead:
+            for m in analysis.groups[k].members:
+                masks[m.path][m.axis][list(m.indices)] = False
+        return masks
+
+    while True:
+        masks = masks_now()
+        cache: dict[tuple[str, int], np.ndarray] = {}
+
+        def nonzero(path, axis, indices):
+            if (path, axis) not in cache:
+                cache[path, axis] = _nonzero_along(arrays[path], axis, masks[path])
+            return bool(cache[path, axis][list(indices)].any())
+
+        new: dict[int, str] = {}
+        for k in removable:
+            if k in dead:
+                continue
+            group, root = analysis.groups[k], analysis.roots[k]
+            reads = [m for m in group.members if m.reads]
+            unread = not any(nonzero(m.path, m.axis, m.indices) for m in reads)
+            verdict = "unread" if unread else None
+            if verdict is None:
+                verdict, why, rows = _constant(group, root, analysis, arrays, layers, nonzero)
+                if verdict is None:
+                    kept_why[k] = why
+                    continue
+                folds[k] = rows
+            problem = _removal_problem(group, root, analysis, owners, prefix)
+            if problem is not None:
+                kept_why[k] = f"kept: {problem}"
+                continue
+            new[k] = verdict
+        if not new:
+            break
+        dead.update(new)
+    masks = masks_now()
+    shifts = {}
+    for kernel, layer in layers.items():
+        folded = np.zeros(layer.num_inputs, bool)
+        for k, rows in folds.items():
+            if dead.get(k) == "constant" and kernel in rows:
+                folded |= rows[kernel]
+        if folded.any():
+            shifts[f"{prefix}{layer.name}/bias"] = _units.folded_shift(layer, folded)
+    verdicts = tuple(
+        GroupVerdict(analysis.groups[k], k in dead, dead.get(k) or kept_why.get(k, "live"))
+        for k in removable
+    )
+    return verdicts, masks, shifts
+
+
+def _removal_problem(group, root, analysis, owners, prefix) -> str | None:
+    """Why removing the (dead-looking) group would change the model, or None."""
+    consumed = analysis.consumptions.get(root)
+    if consumed:
+        return (
+            f"its units are consumed by {', '.join(consumed)} (e.g. LayerNorm/RMSNorm "
+            "statistics over the full width, a softmax over features, q.k^T): removing a unit "
+            "changes that result even when the unit is zero"
+        )
+    for m in group.members:
+        owner = _owner(m.path, prefix)
+        if owner not in owners:
+            return f"it touches {m.path}, a parameter of no Linear/Conv/BatchNorm layer"
+    return None
+
+
+def _constant(group, root, analysis, arrays, layers, nonzero):
+    """``(verdict, why, folded rows)``: "constant" when the group's units carry constants that
+    every reader folds, else ``(None, why, None)``."""
+    where = {n: k for k, n in enumerate(analysis.names)}
+    for m in group.members:
+        if m.reads:
+            continue
+        has_reads = bool(analysis.reads[where[m.path]] - {m.axis})
+        if has_reads and nonzero(m.path, m.axis, m.indices):
+            return None, "live", None
+        if not has_reads and len(analysis.shapes[where[m.path]]) >= 2:
+            return None, f"kept: {m.path} feeds its units without a contraction (a lookup)", None
+    mixed = analysis.injections.get(root)
+    if mixed:
+        return None, f"kept: {', '.join(mixed)} mixes other units into its units", None
+    rows: dict[str, np.ndarray] = {}
+    for m in group.members:
+        if not m.reads:
+            continue
+        layer = layers.get(m.path)
+        if layer is None or m.axis != layer.kernel.ndim - 2:
+            return None, f"kept: its constant is read by {m.path}, not a Dense/Conv kernel", None
+        ok = _units.foldable_rows(layer)[list(m.indices)]
+        if not ok.all():
+            return (
+                None,
+                f"kept: the constant it carries cannot be folded into {layer.name} (not "
+                "constant over the example, or a nonzero constant and no bias or a padded conv)",
+                None,
+            )
+        folded = rows.setdefault(m.path, np.zeros(layer.num_inputs, bool))
+        folded[list(m.indices)] = True
+    return "constant", "", rows
+
+
+def dead_groups(model: Any, example_input: Any, variables: Any = None) -> tuple[GroupVerdict, ...]:
+    r"""Says, for every removable coupled group of a model, whether its weights make it dead.
+
+    With :math:`R(G)` the weights that read the units of group :math:`G` (their input rows in
+    every Dense/Conv kernel) and :math:`W(G)` those that write them (their output columns),
+    both restricted to the units still kept, :math:`G` is dead when
+
+    .. math:: R(G) = 0 \quad (\text{unread}) \qquad \text{or} \qquad
+       W(G) = 0 \quad (\text{constant, folded into the readers' biases}),
+
+    repeated until no group changes, and when removing it changes no output: groups whose
+    units a LayerNorm/RMSNorm statistic, a softmax over features or a product of two
+    activations consume are kept, their verdict naming the operation (see the module
+    docstring of ``sparsejax.nn._dead``). :func:`sparsejax.model_report` counts, and
+    :func:`sparsejax.remove_dead_units` cuts, exactly the dead groups of a non-chain model.
+
+    Args:
+      model: an ``nnx.Module``, or a Linen module (or ``apply_fn``) with ``variables``.
+      example_input: a batch of inputs; the constants that zero-written units carry are read
+        from a run on it.
+      variables: the Linen variables; None for an NNX model.
+
+    Returns:
+      One :class:`GroupVerdict` per removable group, in the order of
+      :func:`sparsejax.coupled_groups`.
+
+    Raises:
+      ValueError: a primitive the analysis does not understand, a grouped or masked
+        convolution, a layer called twice (each named), or bad arguments.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from sparsejax.nn import dead_groups
+      >>> class Res(nnx.Module):
+      ...     def __init__(self, rngs):
+      ...         self.a = nnx.Linear(3, 4, rngs=rngs)
+      ...         self.b = nnx.Linear(4, 4, rngs=rngs)
+      ...         self.c = nnx.Linear(4, 2, rngs=rngs)
+      ...     def __call__(self, x):
+      ...         h = self.a(x)
+      ...         return self.c(h + jax.nn.relu(self.b(h)))
+      >>> model = Res(nnx.Rngs(0))
+      >>> model.b.kernel[1, :] = 0.0  # stream unit 1 is read by b and c: c still reads it
+      >>> model.c.kernel[2, :] = 0.0
+      >>> model.b.kernel[2, :] = 0.0  # stream unit 2: no layer reads it any more
+      >>> [v.reason for v in dead_groups(model, jnp.ones((2, 3)))]
+      ['live', 'live', 'unread', 'live']
+    """
+    _optional.require_flax("sparsejax.nn.dead_groups")
+    return plan_coupled(model, example_input, variables).verdicts
