@@ -207,8 +207,12 @@ class LabelPropagator:
             return [list(ins[0])]
         if name == "rev":
             dims = set(p["dimensions"])
-            return [[lab[::-1] if ax in dims and lab is not None else lab
-                     for ax, lab in enumerate(ins[0])]]
+            return [
+                [
+                    lab[::-1] if ax in dims and lab is not None else lab
+                    for ax, lab in enumerate(ins[0])
+                ]
+            ]
         if name == "sort":
             dim = p["dimension"]
             for k in range(len(ins)):
