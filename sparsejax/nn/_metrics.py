@@ -46,10 +46,21 @@ pooling, dropout or a flatten; a flatten maps NHWC position ``i`` to channel ``i
 * the network's outputs are never removed; its input features may be (the smaller first layer
   gathers its live inputs, which costs no MACC).
 
-This is repeated until nothing changes. For a graph that is not a chain (residual blocks,
-shared layers, parameters outside Dense/Conv/BatchNorm layers) the report falls back to seed
-000's per-layer count, ``kh * kw * (Cin - zero_inputs) * (Cout - zero_outputs) * Hout * Wout``,
-and says so in ``note``; surgery then refuses the model.
+This is repeated until nothing changes. A graph that is not a chain (residual blocks,
+concatenations, a BatchNorm or LayerNorm on a stream) is read through its coupled unit groups
+(:func:`sparsejax.coupled_groups`): a unit is a whole group, removed from every layer it
+touches when it is dead (:func:`sparsejax.nn.dead_groups`: no kept weight reads it, or none
+writes it and its constant is folded into the readers' biases; units consumed by a
+LayerNorm/RMSNorm statistic, a softmax over features or a product of two activations are kept).
+Each layer's ``live_inputs``/``live_outputs`` are then its kernel rows/columns outside dead
+groups, its effective MACCs ``kh * kw * live_inputs * live_outputs * Hout * Wout``, and every
+parameter's effective count (BatchNorms included, in the ``other`` row) the product of its
+kept axes: exactly the network :func:`sparsejax.remove_dead_units` builds. The network's own
+input features and output units are never removed there. When the coupled analysis cannot read
+the model (an unknown primitive, a grouped convolution, a layer called twice) the report falls
+back to seed 000's per-layer count,
+``kh * kw * (Cin - zero_inputs) * (Cout - zero_outputs) * Hout * Wout``, and says why in
+``note``; surgery then refuses the model.
 
 Reference: Guyard & Barlaud, "Learning sparse deep neural networks using efficient structured
 projections on convex constraints for green AI" (2020), sections IV-V (MACCs, entropy memory,

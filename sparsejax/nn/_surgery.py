@@ -15,8 +15,14 @@ Usage::
 
 Supported: chains of ``Dense``/``Conv`` layers, each optionally followed by a per-channel
 ``BatchNorm``, with activations, pooling, dropout and flattening between them (MLPs and conv
-stacks such as Net4, LeNet, LFC4, VGG, SimpleNet). Residual networks and other non-chain graphs
-are refused with a ``ValueError`` (the report then counts per layer).
+stacks such as Net4, LeNet, LFC4, VGG, SimpleNet); and other graphs of such layers (residual
+networks, concatenations, norms on a stream) through their coupled unit groups: every dead
+group (:func:`sparsejax.nn.dead_groups`) is sliced out of every parameter it touches (kernel
+rows and columns, biases, BatchNorm scale, bias and statistics), the constants of zero-written
+groups are folded into the biases of the layers that read them, and ``in_features``,
+``out_features``, ``kernel_shape`` and ``num_features`` follow the smaller arrays. Models whose
+coupled groups cannot be analysed (a primitive the analysis does not know, a grouped
+convolution, a layer called twice) are refused with a ``ValueError`` naming it.
 
 What happens to a layer ``k`` (see :mod:`sparsejax.metrics` for when a unit is dead):
 
@@ -94,8 +100,9 @@ def remove_dead_units(
     """Builds the smaller dense model without the dead units of a sparsified model.
 
     Args:
-      model: an ``nnx.Module``, a ``linen.Module``, or ``apply_fn(variables, x)``; a chain of
-        Dense/Conv layers (with BatchNorm, activations, pooling, flatten between them).
+      model: an ``nnx.Module``, a ``linen.Module``, or ``apply_fn(variables, x)``: a chain of
+        Dense/Conv layers (with BatchNorm, activations, pooling, flatten between them), or a
+        graph of them that :func:`sparsejax.nn.dead_groups` reads (residual, concatenation).
       example_input: a batch of inputs; used to trace the layers and read the constant values
         that removed units leave behind.
       variables: Linen variables; None for NNX.
@@ -108,8 +115,9 @@ def remove_dead_units(
 
     Raises:
       ValueError: for an unsupported model or input (see :func:`sparsejax.model_report`), a
-        model whose layers do not form a chain, or, with ``check_outputs``, outputs that changed
-        by more than 1e-4 of their largest magnitude (an operation between layers mixes units).
+        non-chain model whose coupled groups cannot be cut (naming the operation), or, with
+        ``check_outputs``, outputs that changed by more than 1e-4 of their largest magnitude
+        (an operation between layers mixes units).
 
     >>> import jax.numpy as jnp
     >>> from flax import nnx
