@@ -155,6 +155,20 @@ def _nonzero_along(array: np.ndarray, axis: int, masks: list[np.ndarray]) -> np.
     return np.any(sub != 0, axis=others) if sub.size else np.zeros(array.shape[axis], bool)
 
 
+class _NonzeroSlices:
+    """``self(path, axis, indices)``: is any weight of those slices nonzero among the kept
+    indices of the other axes? (cached per parameter axis for one round)"""
+
+    def __init__(self, arrays: dict[str, np.ndarray], masks: dict[str, list[np.ndarray]]):
+        self.arrays, self.masks = arrays, masks
+        self.cache: dict[tuple[str, int], np.ndarray] = {}
+
+    def __call__(self, path: str, axis: int, indices: tuple[int, ...]) -> bool:
+        if (path, axis) not in self.cache:
+            self.cache[path, axis] = _nonzero_along(self.arrays[path], axis, self.masks[path])
+        return bool(self.cache[path, axis][list(indices)].any())
+
+
 def _judge(network, analysis, arrays, prefix):
     owners = _owners(network, prefix)
     layers = {f"{prefix}{layer.name}/kernel": layer for layer in network.layers}
@@ -171,14 +185,7 @@ def _judge(network, analysis, arrays, prefix):
         return masks
 
     while True:
-        masks = masks_now()
-        cache: dict[tuple[str, int], np.ndarray] = {}
-
-        def nonzero(path, axis, indices):
-            if (path, axis) not in cache:
-                cache[path, axis] = _nonzero_along(arrays[path], axis, masks[path])
-            return bool(cache[path, axis][list(indices)].any())
-
+        nonzero = _NonzeroSlices(arrays, masks_now())
         new: dict[int, str] = {}
         for k in removable:
             if k in dead:

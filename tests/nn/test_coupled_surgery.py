@@ -326,7 +326,7 @@ class DepthwiseResidual(nnx.Module):
 def test_models_that_cannot_be_cut_are_refused_naming_the_operation():
     x = jnp.ones((1, 5, 5, 1))
     model = DepthwiseResidual(nnx.Rngs(0))
-    with pytest.raises(ValueError, match="cannot be cut.*dw is a grouped convolution"):
+    with pytest.raises(ValueError, match=r"cannot be cut.*dw is a grouped convolution"):
         remove_dead_units(model, x)
     with pytest.raises(ValueError, match="grouped convolution"):
         dead_groups(model, x)

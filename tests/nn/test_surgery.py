@@ -224,7 +224,7 @@ class CentredMLP(nnx.Module):
 
 def test_non_chain_and_unit_mixing_models_are_refused():
     x = jax.random.normal(jax.random.key(0), (3, 4))
-    with pytest.raises(ValueError, match="cannot be cut.*'fft'"):
+    with pytest.raises(ValueError, match=r"cannot be cut.*'fft'"):
         surgery.remove_dead_units(Residual(nnx.Rngs(0)), x)
     model = CentredMLP(nnx.Rngs(0))
     kernel = np.array(model.fc2.kernel[...])
