@@ -57,6 +57,78 @@ class GroupVerdict(NamedTuple):
     reason: str
 
 
+@dataclasses.dataclass(frozen=True)
+class AttentionCall:
+    """One call of an ``nnx.MultiHeadAttention``: its path and the shapes of q, k, v inputs."""
+
+    path: tuple
+    module: Any
+    q_shape: tuple[int, ...]
+    k_shape: tuple[int, ...]
+    v_shape: tuple[int, ...]
+
+    @property
+    def name(self) -> str:
+        return _calls.path_name(self.path)
+
+
+def _attention_calls(runner: Any, x: Any) -> list[AttentionCall]:
+    """The ``nnx.MultiHeadAttention`` calls of an NNX model (shapes only, no computation)."""
+    if not isinstance(runner, _calls._NnxModel):
+        return []
+    from flax import nnx
+
+    cls = nnx.MultiHeadAttention
+    if not any(isinstance(n, cls) for _, n in nnx.iter_graph(runner.model)):
+        return []
+    found: list[AttentionCall] = []
+    original = cls.__dict__["__call__"]
+
+    def recording(module, inputs_q, inputs_k=None, inputs_v=None, *args, **kwargs):
+        k = inputs_q if inputs_k is None else inputs_k
+        v = k if inputs_v is None else inputs_v
+        call = AttentionCall(runner.path(module), module, inputs_q.shape, k.shape, v.shape)
+        found.append(call)
+        return original(module, inputs_q, inputs_k, inputs_v, *args, **kwargs)
+
+    cls.__call__ = recording
+    try:
+        jax.eval_shape(lambda x: runner(x), x)
+    finally:
+        cls.__call__ = original
+    names = [call.name for call in found]
+    for call in found:
+        if names.count(call.name) > 1:
+            raise ValueError(f"the attention {call.name} is called more than once")
+        if call.module.decode or getattr(call.module, "cached_key", None) is not None:
+            raise ValueError(f"{call.name} is a MultiHeadAttention with a decoding cache")
+    return found
+
+
+def attention_maccs(call: AttentionCall, count: Any) -> int:
+    r"""MACCs per example of one multi-head attention call.
+
+    With ``H`` heads of query/key depth ``D`` and value depth ``Dv``, ``Sq`` queries and
+    ``Sk`` keys, input widths ``Cq, Ck, Cv`` and ``F`` output features, every product of the
+    four projections and of the two activation products is counted (softmax, scaling and
+    biases are not):
+
+    .. math:: 	ext{MACCs} = S_q C_q H D + S_k C_k H D + S_k C_v H D_v
+       + H D S_q S_k \;(q k^T) + H D_v S_q S_k \;(	ext{weights} \cdot v) + S_q H D_v F
+
+    times the product of any further batch axes (``[batch, ..., length, features]``).
+    ``count(param, axis)`` gives the width of an axis (all of it, or its kept indices).
+    """
+    cq, heads, depth = (count("query/kernel", a) for a in range(3))
+    ck, cv, v_depth = count("key/kernel", 0), count("value/kernel", 0), count("value/kernel", 2)
+    features = count("out/kernel", 2)
+    extra = int(np.prod(call.q_shape[1:-2], dtype=np.int64))
+    sq, sk = call.q_shape[-2], call.k_shape[-2]
+    maccs = sq * cq * heads * depth + sk * ck * heads * depth + sk * cv * heads * v_depth
+    maccs += heads * depth * sq * sk + heads * v_depth * sq * sk + sq * heads * v_depth * features
+    return int(extra * maccs)
+
+
 @dataclasses.dataclass
 class CoupledPlan:
     """What surgery does to a non-chain model: per parameter, the kept indices of each axis;
@@ -69,6 +141,7 @@ class CoupledPlan:
     kept: dict[str, list[np.ndarray]]  # leaf name -> one bool mask per axis
     shifts: dict[str, np.ndarray]  # bias leaf name -> shift over the full bias
     prefix: str  # "" for NNX, "params/" for Linen
+    attentions: list[AttentionCall] = dataclasses.field(default_factory=list)
 
     def layer_plan(self, layer: _tracing.Layer) -> _units.UnitPlan:
         masks = self.kept[self.leaf(layer, "kernel")]
@@ -96,10 +169,13 @@ def _pure_forward(runner: Any):
     return (lambda tree, x: runner.apply_fn(tree, x)), runner.variables, "params/"
 
 
-def _owners(network: _tracing.Network, prefix: str) -> dict[str, str]:
-    """``{layer path string: kind}`` of the traced layers and BatchNorms."""
+def _owners(network: _tracing.Network, attentions: list[AttentionCall]) -> dict[str, str]:
+    """``{layer path string: kind}`` of the traced layers, BatchNorms and the projections of
+    the multi-head attentions."""
     owners = {layer.name: layer.kind for layer in network.layers}
     owners.update({_calls.path_name(call.path): "norm" for call in network.norms})
+    for call in attentions:
+        owners.update({f"{call.name}/{n}": "attention" for n in ("query", "key", "value", "out")})
     return owners
 
 
@@ -140,8 +216,11 @@ def _plan(network: _tracing.Network, runner: Any, example_input: Any) -> Coupled
         raise ValueError(str(error).replace("coupled_groups: ", "")) from error
     leaves = [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(tree)]
     arrays = dict(zip(analysis.names, leaves, strict=True))
-    verdicts, kept, shifts = _judge(network, analysis, arrays, prefix)
-    return CoupledPlan(network, analysis, verdicts, analysis.names, kept, shifts, prefix)
+    attentions = _attention_calls(runner, jax.numpy.asarray(example_input))
+    verdicts, kept, shifts = _judge(network, analysis, arrays, prefix, attentions)
+    return CoupledPlan(
+        network, analysis, verdicts, analysis.names, kept, shifts, prefix, attentions
+    )
 
 
 def _nonzero_along(array: np.ndarray, axis: int, masks: list[np.ndarray]) -> np.ndarray:
@@ -169,8 +248,8 @@ class _NonzeroSlices:
         return bool(self.cache[path, axis][list(indices)].any())
 
 
-def _judge(network, analysis, arrays, prefix):
-    owners = _owners(network, prefix)
+def _judge(network, analysis, arrays, prefix, attentions):
+    owners = _owners(network, attentions)
     layers = {f"{prefix}{layer.name}/kernel": layer for layer in network.layers}
     removable = [k for k, g in enumerate(analysis.groups) if g.removable]
     dead: dict[int, str] = {}
@@ -192,7 +271,10 @@ def _judge(network, analysis, arrays, prefix):
                 continue
             group, root = analysis.groups[k], analysis.roots[k]
             reads = [m for m in group.members if m.reads]
-            unread = not any(nonzero(m.path, m.axis, m.indices) for m in reads)
+            if reads:
+                unread = not any(nonzero(m.path, m.axis, m.indices) for m in reads)
+            else:  # read by no weight: unused unless an operation consumes it (q . k^T)
+                unread = root not in analysis.consumptions
             verdict = "unread" if unread else None
             if verdict is None:
                 verdict, why, rows = _constant(group, root, analysis, arrays, layers, nonzero)
@@ -236,7 +318,15 @@ def _removal_problem(group, root, analysis, owners, prefix) -> str | None:
     for m in group.members:
         owner = _owner(m.path, prefix)
         if owner not in owners:
-            return f"it touches {m.path}, a parameter of no Linear/Conv/BatchNorm layer"
+            return (
+                f"it touches {m.path}, a parameter of no Linear/Conv/BatchNorm/"
+                "MultiHeadAttention projection"
+            )
+        if owners[owner] == "attention" and owner.endswith("/value") and m.axis == 2:
+            return (
+                f"it is a value depth of {owner.rsplit('/', 1)[0]}, which must equal the "
+                "query/key depth (jax.nn.dot_product_attention)"
+            )
     return None
 
 
@@ -245,13 +335,12 @@ def _constant(group, root, analysis, arrays, layers, nonzero):
     every reader folds, else ``(None, why, None)``."""
     where = {n: k for k, n in enumerate(analysis.names)}
     for m in group.members:
-        if m.reads:
-            continue
-        has_reads = bool(analysis.reads[where[m.path]] - {m.axis})
-        if has_reads and nonzero(m.path, m.axis, m.indices):
+        writes = not m.reads and bool(analysis.reads[where[m.path]] - {m.axis})
+        if writes and nonzero(m.path, m.axis, m.indices):
             return None, "live", None
-        if not has_reads and len(analysis.shapes[where[m.path]]) >= 2:
-            return None, f"kept: {m.path} feeds its units without a contraction (a lookup)", None
+    for m in group.members:
+        if analysis.lookups[where[m.path]]:
+            return None, f"kept: {m.path} is a table indexed by the data (an embedding)", None
     mixed = analysis.injections.get(root)
     if mixed:
         return None, f"kept: {', '.join(mixed)} mixes other units into its units", None

@@ -127,6 +127,7 @@ class Analysis(NamedTuple):
       names: the path string of each leaf of the analysed tree, in leaf order.
       shapes: the shape of each leaf.
       reads: for each leaf, the axes contracted with an activation.
+      lookups: for each leaf, the axes of a table that data indexes (an embedding).
       consumptions: ``{root: [operation, ...]}``, parameter-free consumptions of the units.
       injections: ``{root: [operation, ...]}``, other units' values mixed into the units.
     """
@@ -136,6 +137,7 @@ class Analysis(NamedTuple):
     names: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
     reads: tuple[frozenset[int], ...]
+    lookups: tuple[frozenset[int], ...]
     consumptions: dict[int, list[str]]
     injections: dict[int, list[str]]
 
@@ -158,7 +160,7 @@ def analyse(fn, tree, example_input) -> Analysis:
     }
     active = {uf.find(int(v)) for lab in prop.activation_labels for v in lab}
     members: dict[int, dict[tuple[str, int, bool], set]] = {}
-    names, reads = [], []
+    names, reads, lookups = [], [], []
     for (path, _), labels in zip(leaves, param_labels, strict=True):
         name = path_string(path)
         names.append(name)
@@ -174,6 +176,11 @@ def analyse(fn, tree, example_input) -> Analysis:
                 if root in active:
                     members.setdefault(root, {}).setdefault((name, axis, read), set()).add(i)
         reads.append(frozenset(read_axes))
+        lookups.append(
+            frozenset(
+                a for a, lab in enumerate(labels) if len(lab) and int(lab[0]) in prop.lookup_nodes
+            )
+        )
     found = [
         (
             CoupledGroup(
@@ -202,6 +209,7 @@ def analyse(fn, tree, example_input) -> Analysis:
         names=tuple(names),
         shapes=tuple(tuple(np.shape(leaf)) for _, leaf in leaves),
         reads=tuple(reads),
+        lookups=tuple(lookups),
         consumptions=by_root(prop.consumptions),
         injections=by_root(prop.injections),
     )

@@ -115,6 +115,7 @@ class LabelPropagator:
         self.consumptions: list[tuple[np.ndarray, str]] = []
         self.injections: list[tuple[np.ndarray, str]] = []
         self.in_dep: list[bool] = []
+        self.lookup_nodes: set[int] = set()  # labels of parameter axes indexed by data
 
     def mark_read(self, labels, operand: int) -> None:
         if labels is not None and not self.in_dep[operand] and len(labels):
@@ -406,6 +407,8 @@ class LabelPropagator:
         if getattr(dn, "operand_batching_dims", ()):
             raise ValueError("coupled_groups: gather with operand_batching_dims")
         operand = ins[0]
+        if not self.in_dep[0] and any(self.in_dep[1:]):  # an embedding table read by ids
+            self.lookup_nodes.update(int(lab[0]) for lab in operand if lab is not None and len(lab))
         kept = [ax for ax in range(len(shapes[0])) if ax not in dn.collapsed_slice_dims]
         out: list = [None] * len(out_shape)
         for ax, dim in zip(kept, dn.offset_dims, strict=True):

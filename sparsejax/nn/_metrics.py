@@ -280,6 +280,10 @@ def model_report(
         plans = [coupled.layer_plan(layer) for layer in network.layers]
     rows = [_layer_row(layer, plan) for layer, plan in zip(network.layers, plans)]
     other = network.unowned_params()
+    if coupled is not None and coupled.attentions:
+        rows += [_attention_row(call, coupled, other) for call in coupled.attentions]
+        inside = tuple(call.path for call in coupled.attentions)
+        other = [(path, leaf) for path, leaf in other if path[:-2] not in inside]
     if other:
         kept = None
         if coupled is not None:
@@ -356,6 +360,45 @@ def _layer_row(layer: _tracing.Layer, plan: _units.UnitPlan) -> LayerReport:
         dense_maccs=layer.maccs(layer.num_inputs, layer.num_outputs),
         effective_maccs=layer.maccs(live_in, live_out),
         effective_params=layer.param_count(live_in, live_out),
+        float32_bytes=4 * size,
+        entropy_bytes=entropy,
+        compressed_bytes=compressed,
+    )
+
+
+def _attention_row(call: _dead.AttentionCall, coupled: _dead.CoupledPlan, params) -> LayerReport:
+    """The row of one ``nnx.MultiHeadAttention`` (its four projections and two products)."""
+    mine = [(path, leaf) for path, leaf in params if path[: len(call.path)] == call.path]
+    size, zeros, entropy, compressed = _memory([leaf for _, leaf in mine])
+
+    def width(name, axis):
+        return len(coupled.kept[f"{call.name}/{name}"][axis])
+
+    def kept(name, axis):
+        return int(coupled.kept[f"{call.name}/{name}"][axis].sum())
+
+    kernels = {path[len(call.path)]: leaf for path, leaf in mine if path[-1] == "kernel"}
+    reads = [np.any(kernels[n] != 0, axis=(1, 2)) for n in ("query", "key", "value")]
+    same_input = len({kernels[n].shape[0] for n in ("query", "key", "value")}) == 1
+    zero_inputs = int((~(reads[0] | reads[1] | reads[2])).sum()) if same_input else 0
+    return LayerReport(
+        name=call.name,
+        kind="attention",
+        kernel_shape=tuple(kernels["query"].shape),
+        input_shape=tuple(call.q_shape[1:]),
+        output_shape=(*call.q_shape[1:-1], width("out/kernel", 2)),
+        params=size,
+        zeros=zeros,
+        inputs=width("query/kernel", 0),
+        outputs=width("out/kernel", 2),
+        zero_inputs=zero_inputs,
+        zero_outputs=int((~np.any(kernels["out"] != 0, axis=(0, 1))).sum()),
+        zero_kernels=None,
+        live_inputs=kept("query/kernel", 0),
+        live_outputs=kept("out/kernel", 2),
+        dense_maccs=_dead.attention_maccs(call, width),
+        effective_maccs=_dead.attention_maccs(call, kept),
+        effective_params=sum(coupled.kept_size(coupled.param_name(path)) for path, _ in mine),
         float32_bytes=4 * size,
         entropy_bytes=entropy,
         compressed_bytes=compressed,

@@ -208,7 +208,22 @@ def _shrink_nnx_coupled(model: Any, plan: _dead.CoupledPlan) -> Any:
             node.kernel_shape = tuple(node.kernel.shape)
         elif isinstance(node, nnx.BatchNorm):
             node.num_features = int(node.mean.shape[0])
+        elif isinstance(node, nnx.MultiHeadAttention):
+            _resize_attention(node)
     return small
+
+
+def _resize_attention(node: Any) -> None:
+    """Sets the sizes of a cut ``nnx.MultiHeadAttention`` and of its projections from their
+    (smaller) kernels: q/k/v ``(in, heads, depth)``, out ``(heads, v_depth, features)``."""
+    for projection in (node.query, node.key, node.value):
+        inputs, heads, depth = projection.kernel.shape
+        projection.in_features, projection.out_features = (inputs,), (heads, depth)
+    heads, v_depth, features = node.out.kernel.shape
+    node.out.in_features, node.out.out_features = (heads, v_depth), (features,)
+    node.num_heads, node.head_dim = heads, node.query.kernel.shape[2]
+    node.qkv_features = heads * node.head_dim
+    node.in_features, node.out_features = node.query.kernel.shape[0], features
 
 
 def _nnx_eval(model: Any) -> Any:

@@ -302,9 +302,9 @@ def test_softmax_over_features_and_attention_products_keep_zero_units():
             return self.out(self.mha(self.inp(x)))
 
     model = Attention(nnx.Rngs(0))
-    for name in ("query", "key"):  # dimension 0 of head 0 of q and k: all zero
-        _zero(getattr(model.mha, name), "kernel", (slice(None), 0, 0))
-        _zero(getattr(model.mha, name), "bias", (0, 0))
+    for name in ("query", "key"):  # depth 0 of q and k (in every head, one unit): all zero
+        _zero(getattr(model.mha, name), "kernel", (slice(None), slice(None), 0))
+        _zero(getattr(model.mha, name), "bias", (slice(None), 0))
     verdict = _verdict(dead_groups(model, jnp.ones((1, 5, 3))), "mha/query/kernel", 2, 0)
     assert not verdict.dead and "dot_general contracting two activations" in verdict.reason
 
