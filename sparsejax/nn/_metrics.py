@@ -55,7 +55,13 @@ LayerNorm/RMSNorm statistic, a softmax over features or a product of two activat
 Each layer's ``live_inputs``/``live_outputs`` are then its kernel rows/columns outside dead
 groups, its effective MACCs ``kh * kw * live_inputs * live_outputs * Hout * Wout``, and every
 parameter's effective count (BatchNorms included, in the ``other`` row) the product of its
-kept axes: exactly the network :func:`sparsejax.remove_dead_units` builds. The network's own
+kept axes: exactly the network :func:`sparsejax.remove_dead_units` builds. An
+``nnx.MultiHeadAttention`` there gets a row of kind ``attention``: with ``H`` heads of depth
+``D`` (values ``Dv``), ``Sq`` queries, ``Sk`` keys, input widths ``Cq, Ck, Cv`` and ``F``
+outputs, its MACCs per example are those of its four projections and of its two products of
+activations, ``Sq*Cq*H*D + Sk*Ck*H*D + Sk*Cv*H*Dv + H*D*Sq*Sk (q.k^T) + H*Dv*Sq*Sk
+(weights.v) + Sq*H*Dv*F`` (softmax, scaling and biases not counted); a head whose output rows
+are zero is removed (``H`` drops by one). The network's own
 input features and output units are never removed there. When the coupled analysis cannot read
 the model (an unknown primitive, a grouped convolution, a layer called twice) the report falls
 back to seed 000's per-layer count,
@@ -236,7 +242,10 @@ def model_report(
     """Reports parameters, sparsity, dense and effective MACCs and memory of a Flax model.
 
     The model runs once (jitted, in evaluation mode for NNX: on a clone after ``.eval()``) on
-    ``example_input`` with its layer calls intercepted. For Linen, ``model`` is the module or
+    ``example_input`` with its layer calls intercepted; a model that is not a chain is counted
+    through its coupled unit groups (module docstring), attention included (MACCs of the q, k,
+    v and output projections plus ``H*D*Sq*Sk`` for ``q.k^T`` and ``H*Dv*Sq*Sk`` for the
+    weights times ``v``). For Linen, ``model`` is the module or
     any ``apply_fn(variables, x)``; give it in inference mode (e.g. BatchNorm with
     ``use_running_average=True``). A batch of a few real examples is enough.
 

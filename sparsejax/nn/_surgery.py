@@ -18,9 +18,10 @@ Supported: chains of ``Dense``/``Conv`` layers, each optionally followed by a pe
 stacks such as Net4, LeNet, LFC4, VGG, SimpleNet); and other graphs of such layers (residual
 networks, concatenations, norms on a stream) through their coupled unit groups: every dead
 group (:func:`sparsejax.nn.dead_groups`) is sliced out of every parameter it touches (kernel
-rows and columns, biases, BatchNorm scale, bias and statistics), the constants of zero-written
-groups are folded into the biases of the layers that read them, and ``in_features``,
-``out_features``, ``kernel_shape`` and ``num_features`` follow the smaller arrays. Models whose
+rows and columns, biases, BatchNorm scale, bias and statistics; the query/key/value/output
+slices of a dead ``nnx.MultiHeadAttention`` head), the constants of zero-written groups are
+folded into the biases of the layers that read them, and ``in_features``, ``out_features``,
+``kernel_shape``, ``num_features`` and ``num_heads`` follow the smaller arrays. Models whose
 coupled groups cannot be analysed (a primitive the analysis does not know, a grouped
 convolution, a layer called twice) are refused with a ``ValueError`` naming it.
 

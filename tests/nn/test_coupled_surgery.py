@@ -371,3 +371,58 @@ def test_linen_residual_surgery_matches_the_nnx_one(residual):
     x2 = jax.random.normal(jax.random.key(1), (4, 3))
     np.testing.assert_allclose(small(x2), model.apply(variables, x2), atol=1e-5)
     np.testing.assert_allclose(small(x2), residual(x2), atol=1e-5)
+
+
+# ------------------------------------------------------------------------ attention heads
+
+
+class Transformer(nnx.Module):
+    """A pre-norm transformer block on 5 tokens: attention (2 heads of depth 4), then an MLP."""
+
+    def __init__(self, rngs):
+        self.embed = nnx.Linear(3, 8, rngs=rngs)
+        self.ln1, self.ln2 = nnx.LayerNorm(8, rngs=rngs), nnx.LayerNorm(8, rngs=rngs)
+        self.mha = nnx.MultiHeadAttention(2, 8, qkv_features=8, decode=False, rngs=rngs)
+        self.fc1, self.fc2 = nnx.Linear(8, 16, rngs=rngs), nnx.Linear(16, 8, rngs=rngs)
+        self.head = nnx.Linear(8, 2, rngs=rngs)
+
+    def __call__(self, x):
+        h = self.embed(x)
+        h = h + self.mha(self.ln1(h))
+        h = h + self.fc2(jax.nn.gelu(self.fc1(self.ln2(h))))
+        return self.head(h.mean(axis=1))
+
+
+def test_attention_head_with_zero_output_is_cut_and_counted():
+    model = Transformer(nnx.Rngs(0))
+    _zero(model.mha.out, "kernel", (1, ...))  # head 1's output rows: the head is read by nobody
+    _zero(model.fc2, "kernel", (slice(0, 4), slice(None)))  # MLP hidden units 0-3: unread
+    x = jax.random.normal(jax.random.key(0), (2, 5, 3))
+    verdicts = dead_groups(model, x)
+    heads = [_verdict(verdicts, "mha/query/kernel", 1, h) for h in range(2)]
+    assert [v.reason for v in heads] == ["live", "unread"]
+    assert {(m.path, m.axis) for m in heads[1].group.members} == {
+        *((f"mha/{n}/kernel", 1) for n in ("query", "key", "value")),
+        *((f"mha/{n}/bias", 0) for n in ("query", "key", "value")),
+        ("mha/out/kernel", 0),
+    }
+    report = model_report(model, x)
+    rows = {row.name: row for row in report.layers}
+    # MACCs per example, S = 5 tokens, C = 8, H heads of depth D = 4, F = 8 outputs:
+    # q, k, v: 3 * S * C * H * D; q.k^T and weights.v: 2 * H * D * S * S; out: S * H * D * F
+    dense_mha = 3 * 5 * 8 * 2 * 4 + 2 * 2 * 4 * 5 * 5 + 5 * 2 * 4 * 8
+    cut_mha = 3 * 5 * 8 * 1 * 4 + 2 * 1 * 4 * 5 * 5 + 5 * 1 * 4 * 8
+    assert (rows["mha"].dense_maccs, rows["mha"].effective_maccs) == (dense_mha, cut_mha)
+    assert rows["mha"].kind == "attention" and rows["mha"].params == 4 * (8 * 8 + 8)
+    assert (rows["fc1"].effective_maccs, rows["fc2"].effective_maccs) == (5 * 8 * 12, 5 * 12 * 8)
+    assert report.effective_maccs == 5 * 3 * 8 + cut_mha + 2 * 5 * 8 * 12 + 8 * 2
+    assert report.dense_maccs == 5 * 3 * 8 + dense_mha + 2 * 5 * 8 * 16 + 8 * 2
+    small = remove_dead_units(model, x)
+    assert (small.mha.num_heads, small.mha.head_dim, small.mha.qkv_features) == (1, 4, 4)
+    assert small.mha.query.kernel.shape == (8, 1, 4) and small.mha.out.kernel.shape == (1, 4, 8)
+    np.testing.assert_array_equal(small.mha.value.kernel[...], model.mha.value.kernel[:, :1])
+    removed = 3 * (8 * 4 + 4) + 4 * 8 + (8 * 4 + 4) + 4 * 8  # head 1; hidden units 0-3
+    assert _params(model) - _params(small) == removed
+    assert report.effective_params == _params(small)
+    _assert_same_outputs(small, model, x, jax.random.normal(jax.random.key(1), (3, 5, 3)))
+    assert model_report(small, x).dense_maccs == report.effective_maccs
