@@ -214,13 +214,24 @@ def _plan(network: _tracing.Network, runner: Any, example_input: Any) -> Coupled
         analysis = analyse(fn, tree, example_input)
     except ValueError as error:
         raise ValueError(str(error).replace("coupled_groups: ", "")) from error
-    leaves = [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(tree)]
+    leaves = [_host(leaf) for leaf in jax.tree_util.tree_leaves(tree)]
     arrays = dict(zip(analysis.names, leaves, strict=True))
     attentions = _attention_calls(runner, jax.numpy.asarray(example_input))
     verdicts, kept, shifts = _judge(network, analysis, arrays, prefix, attentions)
     return CoupledPlan(
         network, analysis, verdicts, analysis.names, kept, shifts, prefix, attentions
     )
+
+
+def is_key(leaf: Any) -> bool:
+    """Whether ``leaf`` is an array of typed PRNG keys (an NNX ``RngKey``)."""
+    dtype = getattr(leaf, "dtype", None)
+    return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+def _host(leaf: Any) -> np.ndarray:
+    # A PRNG key is no weight: it stands as "nonzero" (never a unit to cut).
+    return np.ones(np.shape(leaf), bool) if is_key(leaf) else np.asarray(leaf)
 
 
 def _nonzero_along(array: np.ndarray, axis: int, masks: list[np.ndarray]) -> np.ndarray:

@@ -184,6 +184,9 @@ def _slice_tree(tree: Any, plan: _dead.CoupledPlan) -> Any:
     new = []
     for path, leaf in leaves:
         name = path_string(path)
+        if _dead.is_key(leaf):
+            new.append(leaf)
+            continue
         array = np.asarray(leaf)
         if name in plan.shifts:
             array = array + plan.shifts[name].astype(array.dtype)

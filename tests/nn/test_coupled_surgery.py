@@ -426,3 +426,50 @@ def test_attention_head_with_zero_output_is_cut_and_counted():
     assert report.effective_params == _params(small)
     _assert_same_outputs(small, model, x, jax.random.normal(jax.random.key(1), (3, 5, 3)))
     assert model_report(small, x).dense_maccs == report.effective_maccs
+
+
+class DropoutResidual(nnx.Module):
+    def __init__(self, rngs):
+        self.a, self.b = nnx.Linear(3, 4, rngs=rngs), nnx.Linear(4, 4, rngs=rngs)
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+        self.c = nnx.Linear(4, 2, rngs=rngs)
+
+    def __call__(self, x):
+        h = self.a(x)
+        return self.c(h + self.drop(jax.nn.relu(self.b(h))))
+
+
+def test_a_model_holding_prng_keys_is_cut_and_keeps_them():
+    model = DropoutResidual(nnx.Rngs(0))
+    _zero(model.b, "kernel", (1, slice(None)))  # stream unit 1: read by nobody
+    _zero(model.c, "kernel", (1, slice(None)))
+    x = jax.random.normal(jax.random.key(0), (4, 3))
+    assert model_report(model, x).effective_maccs == 3 * 3 + 3 * 3 + 3 * 2
+    small = remove_dead_units(model, x)
+    assert small.b.kernel.shape == (3, 3)
+    assert small(x).shape == (4, 2)  # training mode: the dropout draws from its kept key
+    _assert_same_outputs(small, model, x)
+
+
+class LinenConvResidual(linen.Module):
+    @linen.compact
+    def __call__(self, x):
+        norm = lambda name: linen.BatchNorm(use_running_average=True, name=name)
+        h = jax.nn.relu(norm("bn0")(linen.Conv(4, (3, 3), name="stem")(x)))
+        y = norm("bn1")(linen.Conv(4, (3, 3), name="c1")(h))
+        return linen.Dense(2, name="fc")(jax.nn.relu(h + y).mean(axis=(1, 2)))
+
+
+def test_linen_conv_residual_with_batchnorm():
+    model = LinenConvResidual()
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 1))
+    variables = jax.tree_util.tree_map(np.array, model.init(jax.random.key(1), x))
+    variables["params"]["fc"]["kernel"][2] = 0.0  # stream channel 2: read by neither fc
+    variables["params"]["c1"]["kernel"][:, :, 2, :] = 0.0  # nor c1
+    report = model_report(model, x, variables)
+    # stem 9*1*3*36, c1 9*3*3*36, fc 3*2 (6 x 6 positions, SAME)
+    assert report.effective_maccs == 9 * 1 * 3 * 36 + 9 * 3 * 3 * 36 + 3 * 2
+    small = remove_dead_units(model, x, variables)
+    assert small.variables["batch_stats"]["bn1"]["mean"].shape == (3,)
+    assert small.variables["params"]["c1"]["kernel"].shape == (3, 3, 3, 3)
+    np.testing.assert_allclose(small(x), model.apply(variables, x), atol=1e-5)
