@@ -73,9 +73,12 @@ class AttentionCall:
 
 
 def _attention_calls(runner: Any, x: Any) -> list[AttentionCall]:
-    """The ``nnx.MultiHeadAttention`` calls of an NNX model (shapes only, no computation)."""
+    """The ``nnx.MultiHeadAttention`` (or ``linen.MultiHeadDotProductAttention``) calls of a
+    model (shapes only, no computation)."""
     if not isinstance(runner, _calls._NnxModel):
-        return []
+        found = _linen_attention_calls(runner, x)
+        _check_attention_calls(found)
+        return found
     from flax import nnx
 
     cls = nnx.MultiHeadAttention
@@ -96,13 +99,43 @@ def _attention_calls(runner: Any, x: Any) -> list[AttentionCall]:
         jax.eval_shape(lambda x: runner(x), x)
     finally:
         cls.__call__ = original
+    _check_attention_calls(found)
+    return found
+
+
+def _linen_attention_calls(runner: Any, x: Any) -> list[AttentionCall]:
+    import flax.linen as nn
+
+    found: list[AttentionCall] = []
+
+    def interceptor(next_fun, args, kwargs, context):
+        module = context.module
+        if (
+            isinstance(module, nn.MultiHeadDotProductAttention)
+            and context.method_name == "__call__"
+        ):
+            q = args[0]
+            k = args[1] if len(args) > 1 else kwargs.get("inputs_k")
+            k = kwargs.get("inputs_kv") if k is None else k
+            k = q if k is None else k
+            v = args[2] if len(args) > 2 else kwargs.get("inputs_v")
+            v = k if v is None else v
+            path = tuple(module.scope.path)
+            found.append(AttentionCall(path, module, q.shape, k.shape, v.shape))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(interceptor):
+        jax.eval_shape(lambda x: runner(x), x)
+    return found
+
+
+def _check_attention_calls(found: list[AttentionCall]) -> None:
     names = [call.name for call in found]
     for call in found:
         if names.count(call.name) > 1:
             raise ValueError(f"the attention {call.name} is called more than once")
         if call.module.decode or getattr(call.module, "cached_key", None) is not None:
-            raise ValueError(f"{call.name} is a MultiHeadAttention with a decoding cache")
-    return found
+            raise ValueError(f"{call.name} is a multi-head attention with a decoding cache")
 
 
 def attention_maccs(call: AttentionCall, count: Any) -> int:
@@ -190,10 +223,7 @@ def _owner(name: str, prefix: str) -> str:
 def plan_coupled(model: Any, example_input: Any, variables: Any = None) -> CoupledPlan:
     """The coupled plan of a (non-chain) model; raises ValueError for what it cannot cut."""
     network = _tracing.trace(model, example_input, variables)
-    runner = _calls.wrap_model(model, variables)
-    if getattr(runner, "_input_indices", None):
-        raise ValueError("a ShrunkenLinenModel that gathers its inputs cannot be cut again")
-    return _plan(network, runner, example_input)
+    return _plan(network, _calls.wrap_model(model, variables), example_input)
 
 
 def _refuse_layers(network: _tracing.Network) -> None:

@@ -381,10 +381,10 @@ def _attention_row(call: _dead.AttentionCall, coupled: _dead.CoupledPlan, params
     size, zeros, entropy, compressed = _memory([leaf for _, leaf in mine])
 
     def width(name, axis):
-        return len(coupled.kept[f"{call.name}/{name}"][axis])
+        return len(coupled.kept[f"{coupled.prefix}{call.name}/{name}"][axis])
 
     def kept(name, axis):
-        return int(coupled.kept[f"{call.name}/{name}"][axis].sum())
+        return int(coupled.kept[f"{coupled.prefix}{call.name}/{name}"][axis].sum())
 
     kernels = {path[len(call.path)]: leaf for path, leaf in mine if path[-1] == "kernel"}
     reads = [np.any(kernels[n] != 0, axis=(1, 2)) for n in ("query", "key", "value")]

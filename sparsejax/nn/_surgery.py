@@ -171,7 +171,17 @@ def _cut_coupled(model, example_input, variables, network):
         return small, _nnx_eval(model), _nnx_eval(small)
     cuts = [_Cut(layer, plan.layer_plan(layer)) for layer in network.layers]
     apply_fn = getattr(model, "apply_fn", runner.apply_fn)
-    small = ShrunkenLinenModel(apply_fn, _slice_tree(runner.variables, plan), cuts)
+    variables = _slice_tree(runner.variables, plan)
+    sizes = {}
+    for call in plan.attentions:  # heads, q/k/v features and outputs from the smaller kernels
+        _, heads, depth = _lookup(variables, ("params", *call.path, "query", "kernel")).shape
+        features = _lookup(variables, ("params", *call.path, "out", "kernel")).shape[-1]
+        sizes[call.path] = {
+            "num_heads": heads,
+            "qkv_features": heads * depth,
+            "out_features": features,
+        }
+    small = ShrunkenLinenModel(apply_fn, variables, cuts, sizes)
     return small, runner, small
 
 
@@ -358,18 +368,30 @@ class ShrunkenLinenModel:
       apply_fn: the original ``apply_fn(variables, x, ...)``.
       variables: the smaller variables.
       input_indices: ``{module path: index or None}``, the inputs each cut layer gathers.
+      attention_sizes: ``{module path: {"num_heads": ..., ...}}``, the sizes a cut
+        ``MultiHeadDotProductAttention`` runs with.
     """
 
-    def __init__(self, apply_fn: Callable, variables: Any, cuts: list[_Cut]):
+    def __init__(
+        self,
+        apply_fn: Callable,
+        variables: Any,
+        cuts: list[_Cut],
+        attention_sizes: dict | None = None,
+    ):
         self.apply_fn = apply_fn
         self.variables = variables
         self.input_indices = {cut.layer.call.path: cut.plan.input_index for cut in cuts}
+        self.attention_sizes = dict(attention_sizes or {})
 
     def interceptor(self, variables: Any) -> Callable:
         """The ``flax.linen.intercept_methods`` interceptor that runs the cut layers."""
 
         def interceptor(next_fun, args, kwargs, context):
             path = tuple(context.module.scope.path)
+            if path in self.attention_sizes and context.method_name == "__call__":
+                with _attributes_set_to(context.module, **self.attention_sizes[path]):
+                    return next_fun(*args, **kwargs)
             if path not in self.input_indices or context.method_name != "__call__" or not args:
                 return next_fun(*args, **kwargs)
             inputs, *rest = args
@@ -377,7 +399,7 @@ class ShrunkenLinenModel:
             if index is not None:
                 inputs = inputs[..., jnp.asarray(index, jnp.int32)]
             features = _lookup(variables, ("params", *path, "kernel")).shape[-1]
-            with _features_set_to(context.module, features):
+            with _attributes_set_to(context.module, features=features):
                 return next_fun(inputs, *rest, **kwargs)
 
         return interceptor
@@ -400,13 +422,15 @@ def _lookup(tree: Any, path: tuple) -> Any:
 
 
 @contextlib.contextmanager
-def _features_set_to(module: Any, features: int) -> Iterator[None]:
-    """Temporarily changes a bound Linen layer's ``features`` so that its parameter shape check
-    accepts the smaller kernel (Linen modules are frozen dataclasses, hence object.__setattr__).
-    """
-    original = module.features
-    object.__setattr__(module, "features", features)
+def _attributes_set_to(module: Any, **values: Any) -> Iterator[None]:
+    """Temporarily changes attributes of a bound Linen module (``features`` of a layer so that
+    its parameter shape check accepts the smaller kernel; ``num_heads`` of an attention), as
+    Linen modules are frozen dataclasses, hence object.__setattr__."""
+    originals = {name: getattr(module, name) for name in values}
+    for name, value in values.items():
+        object.__setattr__(module, name, value)
     try:
         yield
     finally:
-        object.__setattr__(module, "features", original)
+        for name, value in originals.items():
+            object.__setattr__(module, name, value)

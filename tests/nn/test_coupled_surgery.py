@@ -473,3 +473,36 @@ def test_linen_conv_residual_with_batchnorm():
     assert small.variables["batch_stats"]["bn1"]["mean"].shape == (3,)
     assert small.variables["params"]["c1"]["kernel"].shape == (3, 3, 3, 3)
     np.testing.assert_allclose(small(x), model.apply(variables, x), atol=1e-5)
+
+
+class LinenTransformer(linen.Module):
+    """The Linen twin of :class:`Transformer` (one LayerNorm before the MLP omitted)."""
+
+    @linen.compact
+    def __call__(self, x):
+        h = linen.Dense(8, name="embed")(x)
+        attention = linen.MultiHeadDotProductAttention(num_heads=2, qkv_features=8, name="mha")
+        h = h + attention(linen.LayerNorm(name="ln")(h))
+        h = h + linen.Dense(8, name="fc2")(jax.nn.gelu(linen.Dense(16, name="fc1")(h)))
+        return linen.Dense(2, name="head")(h.mean(axis=1))
+
+
+def test_linen_attention_head_is_cut_with_num_heads_set():
+    model = LinenTransformer()
+    x = jax.random.normal(jax.random.key(0), (2, 5, 3))
+    variables = jax.tree_util.tree_map(np.array, model.init(jax.random.key(1), x))
+    variables["params"]["mha"]["out"]["kernel"][1] = 0.0  # head 1: output rows zero
+    variables["params"]["fc2"]["kernel"][:4] = 0.0  # hidden units 0-3: read by nobody
+    report = model_report(model, x, variables)
+    cut_mha = 3 * 5 * 8 * 1 * 4 + 2 * 1 * 4 * 5 * 5 + 5 * 1 * 4 * 8  # as for the NNX twin
+    assert report.effective_maccs == 5 * 3 * 8 + cut_mha + 2 * 5 * 8 * 12 + 8 * 2
+    small = remove_dead_units(model, x, variables)
+    assert small.attention_sizes == {
+        ("mha",): {"num_heads": 1, "qkv_features": 4, "out_features": 8}
+    }
+    assert small.variables["params"]["mha"]["value"]["kernel"].shape == (8, 1, 4)
+    x2 = jax.random.normal(jax.random.key(1), (3, 5, 3))
+    np.testing.assert_allclose(small(x2), model.apply(variables, x2), atol=1e-5)
+    again = model_report(small, x)
+    assert again.dense_maccs == report.effective_maccs
+    assert again.params == report.effective_params
