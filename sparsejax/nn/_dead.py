@@ -59,7 +59,7 @@ class GroupVerdict(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class AttentionCall:
-    """One call of an ``nnx.MultiHeadAttention``: its path and the shapes of q, k, v inputs."""
+    """One call of a multi-head attention: its path and the shapes of its q, k, v inputs."""
 
     path: tuple
     module: Any
@@ -193,7 +193,8 @@ class CoupledPlan:
 
 
 def _pure_forward(runner: Any):
-    """``(fn, tree)`` with ``fn(tree, x)`` the runner's (evaluation-mode) forward pass."""
+    """``(fn, tree, prefix)``: ``fn(tree, x)`` is the runner's (evaluation-mode) forward pass,
+    ``prefix`` what the tree's leaf names put before a layer's path (Linen's ``params/``)."""
     if isinstance(runner, _calls._NnxModel):
         from flax import nnx
 
