@@ -317,6 +317,8 @@ class LabelPropagator:
     def reshape(self, labels, in_shape, out_shape) -> list:
         """Maps labels through a reshape, block by block of axes with equal products."""
         out: list = [None] * len(out_shape)
+        if 0 in in_shape:  # an empty array (a layer cut down to no unit) carries no unit
+            return out
         i = j = 0
         while i < len(in_shape) or j < len(out_shape):
             i0, j0, pi, pj = i, j, 1, 1

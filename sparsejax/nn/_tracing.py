@@ -238,7 +238,9 @@ def _chain_problem(runner: Any, x: jax.Array, calls: list[Call], network: Networ
             return f"{layer.name} is a {layer.unsupported}"
     for previous, layer in itertools.pairwise(layers):
         inputs, outputs = layer.source_width, previous.num_outputs
-        if inputs % outputs or (inputs != outputs and len(layer.call.input_shape) != 2):
+        # (a layer cut down to no output unit feeds one without inputs: 0 maps onto 0)
+        mismatch = inputs % outputs if outputs else inputs
+        if mismatch or (inputs != outputs and len(layer.call.input_shape) != 2):
             return (
                 f"the input of {layer.name} ({inputs} units) does not map onto the "
                 f"{outputs} output units of {previous.name}"

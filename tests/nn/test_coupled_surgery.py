@@ -506,3 +506,32 @@ def test_linen_attention_head_is_cut_with_num_heads_set():
     again = model_report(small, x)
     assert again.dense_maccs == report.effective_maccs
     assert again.params == report.effective_params
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_sparse_residual_nets_leave_no_dead_unit_and_keep_their_outputs(seed):
+    """Invariants on random zero patterns: the outputs are kept, the report counts the smaller
+    network, and in it every unit is still written and read by some nonzero weight (checked
+    here with NumPy on the known structure: stream units s are written by a and b2 and read by
+    b and c, inner units u are written by b and read by b2)."""
+    rng = np.random.default_rng(seed)
+    model = Residual(nnx.Rngs(seed))
+    for layer in (model.a, model.b, model.b2, model.c):
+        kernel = np.array(layer.kernel[...])
+        kernel[rng.random(kernel.shape[0]) < 0.3] = 0.0  # dead input rows
+        kernel[:, rng.random(kernel.shape[1]) < 0.3] = 0.0  # dead output columns
+        kernel[rng.random(kernel.shape) < 0.3] = 0.0  # scattered zeros
+        _set(layer, "kernel", kernel)
+    x = jax.random.normal(jax.random.key(seed), (16, 3))
+    report = model_report(model, x)
+    small = remove_dead_units(model, x)
+    _assert_same_outputs(small, model, x, jax.random.normal(jax.random.key(seed + 100), (4, 3)))
+    assert model_report(small, x).dense_maccs == report.effective_maccs
+    assert _params(small) == report.effective_params
+    w = {n: np.asarray(getattr(small, n).kernel[...]) for n in "a b b2 c".split()}
+    for i in range(w["c"].shape[0]):
+        assert w["a"][:, i].any() or w["b2"][:, i].any(), f"stream unit {i} is unwritten"
+        assert w["b"][i].any() or w["c"][i].any(), f"stream unit {i} is unread"
+    for j in range(w["b"].shape[1]):
+        assert w["b"][:, j].any() and w["b2"][j].any(), f"inner unit {j} is dead"
+    assert model_report(small, x).effective_maccs == report.effective_maccs  # a fixpoint
