@@ -115,7 +115,35 @@ def coupled_groups(model, example_input, variables=None) -> tuple[CoupledGroup, 
        GroupMember(path='a/kernel', axis=1, indices=(0,), reads=False),
        GroupMember(path='b/bias', axis=0, indices=(0,), reads=False))
     """
-    fn, tree = _pure_forward(model, variables)
+    return analyse(*_pure_forward(model, variables), example_input).groups
+
+
+class Analysis(NamedTuple):
+    """Everything the propagation learnt about a model (internal to ``sparsejax.nn``).
+
+    Attributes:
+      groups: the coupled groups, sorted as :func:`coupled_groups` returns them.
+      roots: the union-find root of each group, in the order of ``groups``.
+      names: the path string of each leaf of the analysed tree, in leaf order.
+      shapes: the shape of each leaf.
+      reads: for each leaf, the axes contracted with an activation.
+      lookups: for each leaf, the axes of a table that data indexes (an embedding).
+      consumptions: ``{root: [operation, ...]}``, parameter-free consumptions of the units.
+      injections: ``{root: [operation, ...]}``, other units' values mixed into the units.
+    """
+
+    groups: tuple[CoupledGroup, ...]
+    roots: tuple[int, ...]
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    reads: tuple[frozenset[int], ...]
+    lookups: tuple[frozenset[int], ...]
+    consumptions: dict[int, list[str]]
+    injections: dict[int, list[str]]
+
+
+def analyse(fn, tree, example_input) -> Analysis:
+    """Propagates unit labels through ``fn(tree, x)``; see :func:`coupled_groups`."""
     x = jax.numpy.asarray(example_input)
     closed = jax.make_jaxpr(fn)(tree, x)
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
@@ -132,23 +160,56 @@ def coupled_groups(model, example_input, variables=None) -> tuple[CoupledGroup, 
     }
     active = {uf.find(int(v)) for lab in prop.activation_labels for v in lab}
     members: dict[int, dict[tuple[str, int, bool], set]] = {}
+    names, reads, lookups = [], [], []
     for (path, _), labels in zip(leaves, param_labels, strict=True):
         name = path_string(path)
+        names.append(name)
+        read_axes = set()
         for axis, lab in enumerate(labels):
             if math.prod(np.shape(lab)) == 0:
                 continue
-            reads = int(lab[0]) in prop.read_nodes
+            read = int(lab[0]) in prop.read_nodes
+            if read:
+                read_axes.add(axis)
             for i, v in enumerate(lab):
                 root = uf.find(int(v))
                 if root in active:
-                    members.setdefault(root, {}).setdefault((name, axis, reads), set()).add(i)
-    groups = [
-        CoupledGroup(
-            tuple(GroupMember(n, a, tuple(sorted(ix)), r) for (n, a, r), ix in sorted(m.items())),
-            root not in fixed,
+                    members.setdefault(root, {}).setdefault((name, axis, read), set()).add(i)
+        reads.append(frozenset(read_axes))
+        lookups.append(
+            frozenset(
+                a for a, lab in enumerate(labels) if len(lab) and int(lab[0]) in prop.lookup_nodes
+            )
+        )
+    found = [
+        (
+            CoupledGroup(
+                tuple(
+                    GroupMember(n, a, tuple(sorted(ix)), r) for (n, a, r), ix in sorted(m.items())
+                ),
+                root not in fixed,
+            ),
+            root,
         )
         for root, m in members.items()
     ]
-    return tuple(
-        sorted(groups, key=lambda g: (g.members[0].path, g.members[0].axis, g.members[0].indices))
+    found.sort(key=lambda f: (f[0].members[0].path, f[0].members[0].axis, f[0].members[0].indices))
+
+    def by_root(records):
+        table: dict[int, list[str]] = {}
+        for labels, operation in records:
+            for root in {uf.find(int(v)) for v in np.ravel(labels)}:
+                if operation not in table.setdefault(root, []):
+                    table[root].append(operation)
+        return table
+
+    return Analysis(
+        groups=tuple(g for g, _ in found),
+        roots=tuple(r for _, r in found),
+        names=tuple(names),
+        shapes=tuple(tuple(np.shape(leaf)) for _, leaf in leaves),
+        reads=tuple(reads),
+        lookups=tuple(lookups),
+        consumptions=by_root(prop.consumptions),
+        injections=by_root(prop.injections),
     )

@@ -93,14 +93,38 @@ UNDERSTOOD_PRIMITIVES = tuple(
 
 
 class LabelPropagator:
+    """Walks a jaxpr, uniting unit labels; records how activations consume their units.
+
+    Besides the union-find of labels it records, for the removal of zero units:
+
+    * ``read_nodes``: the first label of every parameter axis contracted with an activation;
+    * ``consumptions``: ``(labels, operation)`` for every parameter-free consumption of a unit
+      axis of an activation: a reduction over it (the statistics of LayerNorm/RMSNorm, a
+      softmax over features), a contraction of two activations (``q . k^T``), a pooling window
+      or a gather along it. Removing even a zero unit changes such a result (a mean over
+      ``d`` features is not a mean over ``d - 1``), so its groups cannot simply be cut;
+    * ``injections``: labels of an activation axis into which an elementwise operation mixes
+      a value that carries no unit identity on that axis (``h - mean(h)``): a unit whose own
+      weights are zero is then not a constant.
+    """
+
     def __init__(self):
         self.uf = _UnionFind()
         self.activation_labels: list[np.ndarray] = []
         self.read_nodes: set[int] = set()  # labels of parameter axes contracted with data
+        self.consumptions: list[tuple[np.ndarray, str]] = []
+        self.injections: list[tuple[np.ndarray, str]] = []
+        self.in_dep: list[bool] = []
+        self.lookup_nodes: set[int] = set()  # labels of parameter axes indexed by data
 
     def mark_read(self, labels, operand: int) -> None:
         if labels is not None and not self.in_dep[operand] and len(labels):
             self.read_nodes.add(int(labels[0]))
+
+    def consume(self, labels, operand: int, operation: str) -> None:
+        """Records a parameter-free consumption of the units ``labels`` of an activation."""
+        if labels is not None and self.in_dep[operand] and len(labels):
+            self.consumptions.append((np.asarray(labels), operation))
 
     # --- helpers -------------------------------------------------------------------------
     def fresh_labels(self, shape) -> list:
@@ -111,7 +135,7 @@ class LabelPropagator:
         root = self.uf.union_all(labels)
         return np.full(n, root)
 
-    def elementwise(self, ins, shapes, out_shape):
+    def elementwise(self, ins, shapes, out_shape, name="elementwise"):
         out = [None] * len(out_shape)
         for labels, shape in zip(ins, shapes, strict=True):
             if len(shape) != len(out_shape):
@@ -119,6 +143,15 @@ class LabelPropagator:
             for ax, lab in enumerate(labels):
                 if lab is not None and shape[ax] == out_shape[ax]:
                     out[ax] = self.uf.union_vectors(out[ax], lab)
+        # An activation without unit identity on a unit axis (a broadcast statistic) mixes
+        # other units' values into these units.
+        deps = self.in_dep if len(self.in_dep) == len(ins) else [False] * len(ins)
+        for labels, shape, dep in zip(ins, shapes, deps, strict=True):
+            if not dep or len(shape) != len(out_shape):
+                continue
+            for ax, lab in enumerate(labels):
+                if lab is None and out[ax] is not None and out_shape[ax] > 1:
+                    self.injections.append((np.asarray(out[ax]), name))
         return out
 
     # --- the walk ------------------------------------------------------------------------
@@ -155,7 +188,7 @@ class LabelPropagator:
         out_shapes = [tuple(getattr(v.aval, "shape", ())) for v in eqn.outvars]
         out_shape = out_shapes[0]
         if name in _ELEMENTWISE:
-            return [self.elementwise(ins, shapes, out_shape)]
+            return [self.elementwise(ins, shapes, out_shape, name)]
         if name in _SUBJAXPR or name.startswith("custom_vjp_call"):
             sub = p.get("jaxpr", p.get("call_jaxpr", p.get("fun_jaxpr")))
             if sub is None:
@@ -167,12 +200,25 @@ class LabelPropagator:
             return [[None] * len(out_shape)]
         if name in _REDUCTIONS:
             axes = set(p["axes"])
+            for ax in axes:
+                self.consume(ins[0][ax], 0, f"{name} over a unit axis")
             return [[lab for ax, lab in enumerate(ins[0]) if ax not in axes]]
-        if name in _CUMULATIVE or name == "rev":
+        if name in _CUMULATIVE:
+            self.consume(ins[0][p["axis"]], 0, f"{name} along a unit axis")
             return [list(ins[0])]
+        if name == "rev":
+            dims = set(p["dimensions"])
+            return [
+                [
+                    lab[::-1] if ax in dims and lab is not None else lab
+                    for ax, lab in enumerate(ins[0])
+                ]
+            ]
         if name == "sort":
             dim = p["dimension"]
-            outs = self.elementwise(ins, shapes, out_shape)
+            for k in range(len(ins)):
+                self.consume(ins[k][dim], k, "sort along a unit axis")
+            outs = self.elementwise(ins, shapes, out_shape, name)
             if outs[dim] is not None:
                 outs[dim] = self.collapse(outs[dim], out_shape[dim])
             return [list(outs) for _ in out_shapes]
@@ -254,6 +300,7 @@ class LabelPropagator:
                 ):
                     out.append(lab)
                 else:
+                    self.consume(lab, 0, f"{name} over a unit axis")
                     out.append(None)  # a pooled (spatial) axis carries no unit identity
             return [out]
         if name == "dot_general":
@@ -270,6 +317,8 @@ class LabelPropagator:
     def reshape(self, labels, in_shape, out_shape) -> list:
         """Maps labels through a reshape, block by block of axes with equal products."""
         out: list = [None] * len(out_shape)
+        if 0 in in_shape:  # an empty array (a layer cut down to no unit) carries no unit
+            return out
         i = j = 0
         while i < len(in_shape) or j < len(out_shape):
             i0, j0, pi, pj = i, j, 1, 1
@@ -313,9 +362,13 @@ class LabelPropagator:
     def dot_general(self, ins, p) -> list:
         (lc, rc), (lb, rb) = p["dimension_numbers"]
         lhs, rhs = ins
+        both = all(self.in_dep[:2])
         for a, b in zip(lc, rc, strict=True):
             self.mark_read(lhs[a], 0)
             self.mark_read(rhs[b], 1)
+            if both:  # a unit summed over in a product of two activations (q . k^T)
+                self.consume(lhs[a], 0, "dot_general contracting two activations")
+                self.consume(rhs[b], 1, "dot_general contracting two activations")
             self.uf.union_vectors(lhs[a], rhs[b])
         batch = [self.uf.union_vectors(lhs[a], rhs[b]) for a, b in zip(lb, rb, strict=True)]
         lfree = [lab for ax, lab in enumerate(lhs) if ax not in lc and ax not in lb]
@@ -330,6 +383,10 @@ class LabelPropagator:
         groups = p["feature_group_count"]
         lf, ri, ro = lhs[lhs_spec[1]], rhs[rhs_spec[1]], rhs[rhs_spec[0]]
         self.mark_read(ri, 1)
+        if all(self.in_dep[:2]):
+            self.consume(lf, 0, "conv_general_dilated of two activations")
+        for ax in lhs_spec[2:]:
+            self.consume(lhs[ax], 0, "conv_general_dilated over a unit axis (as a spatial axis)")
         if groups == 1:
             self.uf.union_vectors(lf, ri)
         else:  # grouped / depthwise: the channels of one group live and die together
@@ -352,6 +409,8 @@ class LabelPropagator:
         if getattr(dn, "operand_batching_dims", ()):
             raise ValueError("coupled_groups: gather with operand_batching_dims")
         operand = ins[0]
+        if not self.in_dep[0] and any(self.in_dep[1:]):  # an embedding table read by ids
+            self.lookup_nodes.update(int(lab[0]) for lab in operand if lab is not None and len(lab))
         kept = [ax for ax in range(len(shapes[0])) if ax not in dn.collapsed_slice_dims]
         out: list = [None] * len(out_shape)
         for ax, dim in zip(kept, dn.offset_dims, strict=True):
@@ -360,4 +419,7 @@ class LabelPropagator:
                 out[dim] = operand[ax]
             elif operand[ax] is not None:
                 self.uf.union_all(operand[ax])  # indexed axis: conservative
+                self.consume(operand[ax], 0, "gather along a unit axis")
+        for ax in dn.collapsed_slice_dims:
+            self.consume(operand[ax], 0, "gather along a unit axis")
         return out

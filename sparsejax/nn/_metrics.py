@@ -46,10 +46,27 @@ pooling, dropout or a flatten; a flatten maps NHWC position ``i`` to channel ``i
 * the network's outputs are never removed; its input features may be (the smaller first layer
   gathers its live inputs, which costs no MACC).
 
-This is repeated until nothing changes. For a graph that is not a chain (residual blocks,
-shared layers, parameters outside Dense/Conv/BatchNorm layers) the report falls back to seed
-000's per-layer count, ``kh * kw * (Cin - zero_inputs) * (Cout - zero_outputs) * Hout * Wout``,
-and says so in ``note``; surgery then refuses the model.
+This is repeated until nothing changes. A graph that is not a chain (residual blocks,
+concatenations, a BatchNorm or LayerNorm on a stream) is read through its coupled unit groups
+(:func:`sparsejax.coupled_groups`): a unit is a whole group, removed from every layer it
+touches when it is dead (:func:`sparsejax.nn.dead_groups`: no kept weight reads it, or none
+writes it and its constant is folded into the readers' biases; units consumed by a
+LayerNorm/RMSNorm statistic, a softmax over features or a product of two activations are kept).
+Each layer's ``live_inputs``/``live_outputs`` are then its kernel rows/columns outside dead
+groups, its effective MACCs ``kh * kw * live_inputs * live_outputs * Hout * Wout``, and every
+parameter's effective count (BatchNorms included, in the ``other`` row) the product of its
+kept axes: exactly the network :func:`sparsejax.remove_dead_units` builds. An
+``nnx.MultiHeadAttention`` there gets a row of kind ``attention``: with ``H`` heads of depth
+``D`` (values ``Dv``), ``Sq`` queries, ``Sk`` keys, input widths ``Cq, Ck, Cv`` and ``F``
+outputs, its MACCs per example are those of its four projections and of its two products of
+activations, ``Sq*Cq*H*D + Sk*Ck*H*D + Sk*Cv*H*Dv + H*D*Sq*Sk (q.k^T) + H*Dv*Sq*Sk
+(weights.v) + Sq*H*Dv*F`` (softmax, scaling and biases not counted); a head whose output rows
+are zero is removed (``H`` drops by one). The network's own
+input features and output units are never removed there. When the coupled analysis cannot read
+the model (an unknown primitive, a grouped convolution, a layer called twice) the report falls
+back to seed 000's per-layer count,
+``kh * kw * (Cin - zero_inputs) * (Cout - zero_outputs) * Hout * Wout``, and says why in
+``note``; surgery then refuses the model.
 
 Reference: Guyard & Barlaud, "Learning sparse deep neural networks using efficient structured
 projections on convex constraints for green AI" (2020), sections IV-V (MACCs, entropy memory,
@@ -65,7 +82,7 @@ from typing import Any
 import numpy as np
 
 from sparsejax import _optional
-from sparsejax.nn import _tracing, _units
+from sparsejax.nn import _calls, _dead, _tracing, _units
 from sparsejax.nn._memory import _memory, compressed_bytes, entropy_bits, sparsity
 from sparsejax.nn._table import _format_table
 
@@ -225,7 +242,10 @@ def model_report(
     """Reports parameters, sparsity, dense and effective MACCs and memory of a Flax model.
 
     The model runs once (jitted, in evaluation mode for NNX: on a clone after ``.eval()``) on
-    ``example_input`` with its layer calls intercepted. For Linen, ``model`` is the module or
+    ``example_input`` with its layer calls intercepted; a model that is not a chain is counted
+    through its coupled unit groups (module docstring), attention included (MACCs of the q, k,
+    v and output projections plus ``H*D*Sq*Sk`` for ``q.k^T`` and ``H*Dv*Sq*Sk`` for the
+    weights times ``v``). For Linen, ``model`` is the module or
     any ``apply_fn(variables, x)``; give it in inference mode (e.g. BatchNorm with
     ``use_running_average=True``). A batch of a few real examples is enough.
 
@@ -257,12 +277,29 @@ def model_report(
     if baseline is not None and not isinstance(baseline, ModelReport):
         raise ValueError(f"baseline must be a ModelReport, got {type(baseline).__name__}")
     network = _tracing.trace(model, example_input, variables)
-    plans = _units.plan_units(network)
+    coupled, problem = None, None
+    if not network.sequential:
+        try:
+            coupled = _dead._plan(network, _calls.wrap_model(model, variables), example_input)
+        except ValueError as error:  # not analysable: per-layer counts, and the note says why
+            problem = str(error)
+    if coupled is None:
+        plans = _units.plan_units(network)
+    else:
+        plans = [coupled.layer_plan(layer) for layer in network.layers]
     rows = [_layer_row(layer, plan) for layer, plan in zip(network.layers, plans)]
     other = network.unowned_params()
+    if coupled is not None and coupled.attentions:
+        rows += [_attention_row(call, coupled, other) for call in coupled.attentions]
+        inside = tuple(call.path for call in coupled.attentions)
+        other = [(path, leaf) for path, leaf in other if path[:-2] not in inside]
     if other:
-        rows.append(_other_row([leaf for _, leaf in other]))
-    report = ModelReport(tuple(rows), network.sequential, _note(network))
+        kept = None
+        if coupled is not None:
+            kept = sum(coupled.kept_size(coupled.param_name(path)) for path, _ in other)
+        rows.append(_other_row([leaf for _, leaf in other], kept))
+    note = _note(network, problem) if coupled is None else _coupled_note(network, coupled)
+    report = ModelReport(tuple(rows), network.sequential, note)
     return report if baseline is None else report.with_baseline(baseline)
 
 
@@ -284,13 +321,29 @@ def effective_maccs(model: Any, example_input: Any, variables: Any = None) -> in
     return model_report(model, example_input, variables).effective_maccs
 
 
-def _note(network: _tracing.Network) -> str:
+def _note(network: _tracing.Network, problem: str | None = None) -> str:
     if network.sequential:
         return "sequential: dead units propagated through consecutive layers"
+    why = "" if problem is None else f"; coupled groups not analysable: {problem}"
     return (
-        f"not sequential ({network.chain_problem}): per-layer counts, no propagation "
+        f"not sequential ({network.chain_problem}{why}): per-layer counts, no propagation "
         "(effective MACCs = kh*kw*(Cin - zero inputs)*(Cout - zero outputs)*Hout*Wout)"
     )
+
+
+def _coupled_note(network: _tracing.Network, coupled: _dead.CoupledPlan) -> str:
+    verdicts = coupled.verdicts
+    dead = [v for v in verdicts if v.dead]
+    unread = sum(v.reason == "unread" for v in dead)
+    note = (
+        f"coupled groups (not a chain: {network.chain_problem}): {len(dead)} of "
+        f"{len(verdicts)} removable groups dead ({unread} unread, {len(dead) - unread} "
+        "constant, folded into the readers' biases)"
+    )
+    kept = [v.reason for v in verdicts if v.reason.startswith("kept")]
+    if kept:
+        note += f"; {len(kept)} zero groups kept, e.g. {kept[0]}"
+    return note
 
 
 def _layer_row(layer: _tracing.Layer, plan: _units.UnitPlan) -> LayerReport:
@@ -322,7 +375,46 @@ def _layer_row(layer: _tracing.Layer, plan: _units.UnitPlan) -> LayerReport:
     )
 
 
-def _other_row(arrays: list[np.ndarray]) -> LayerReport:
+def _attention_row(call: _dead.AttentionCall, coupled: _dead.CoupledPlan, params) -> LayerReport:
+    """The row of one ``nnx.MultiHeadAttention`` (its four projections and two products)."""
+    mine = [(path, leaf) for path, leaf in params if path[: len(call.path)] == call.path]
+    size, zeros, entropy, compressed = _memory([leaf for _, leaf in mine])
+
+    def width(name, axis):
+        return len(coupled.kept[f"{coupled.prefix}{call.name}/{name}"][axis])
+
+    def kept(name, axis):
+        return int(coupled.kept[f"{coupled.prefix}{call.name}/{name}"][axis].sum())
+
+    kernels = {path[len(call.path)]: leaf for path, leaf in mine if path[-1] == "kernel"}
+    reads = [np.any(kernels[n] != 0, axis=(1, 2)) for n in ("query", "key", "value")]
+    same_input = len({kernels[n].shape[0] for n in ("query", "key", "value")}) == 1
+    zero_inputs = int((~(reads[0] | reads[1] | reads[2])).sum()) if same_input else 0
+    return LayerReport(
+        name=call.name,
+        kind="attention",
+        kernel_shape=tuple(kernels["query"].shape),
+        input_shape=tuple(call.q_shape[1:]),
+        output_shape=(*call.q_shape[1:-1], width("out/kernel", 2)),
+        params=size,
+        zeros=zeros,
+        inputs=width("query/kernel", 0),
+        outputs=width("out/kernel", 2),
+        zero_inputs=zero_inputs,
+        zero_outputs=int((~np.any(kernels["out"] != 0, axis=(0, 1))).sum()),
+        zero_kernels=None,
+        live_inputs=kept("query/kernel", 0),
+        live_outputs=kept("out/kernel", 2),
+        dense_maccs=_dead.attention_maccs(call, width),
+        effective_maccs=_dead.attention_maccs(call, kept),
+        effective_params=sum(coupled.kept_size(coupled.param_name(path)) for path, _ in mine),
+        float32_bytes=4 * size,
+        entropy_bytes=entropy,
+        compressed_bytes=compressed,
+    )
+
+
+def _other_row(arrays: list[np.ndarray], kept: int | None = None) -> LayerReport:
     size, zeros, entropy, compressed = _memory(arrays)
     return LayerReport(
         name="(other parameters)",
@@ -341,7 +433,7 @@ def _other_row(arrays: list[np.ndarray]) -> LayerReport:
         live_outputs=0,
         dense_maccs=0,
         effective_maccs=0,
-        effective_params=size,
+        effective_params=size if kept is None else kept,
         float32_bytes=4 * size,
         entropy_bytes=entropy,
         compressed_bytes=compressed,

@@ -15,8 +15,15 @@ Usage::
 
 Supported: chains of ``Dense``/``Conv`` layers, each optionally followed by a per-channel
 ``BatchNorm``, with activations, pooling, dropout and flattening between them (MLPs and conv
-stacks such as Net4, LeNet, LFC4, VGG, SimpleNet). Residual networks and other non-chain graphs
-are refused with a ``ValueError`` (the report then counts per layer).
+stacks such as Net4, LeNet, LFC4, VGG, SimpleNet); and other graphs of such layers (residual
+networks, concatenations, norms on a stream) through their coupled unit groups: every dead
+group (:func:`sparsejax.nn.dead_groups`) is sliced out of every parameter it touches (kernel
+rows and columns, biases, BatchNorm scale, bias and statistics; the query/key/value/output
+slices of a dead ``nnx.MultiHeadAttention`` head), the constants of zero-written groups are
+folded into the biases of the layers that read them, and ``in_features``, ``out_features``,
+``kernel_shape``, ``num_features`` and ``num_heads`` follow the smaller arrays. Models whose
+coupled groups cannot be analysed (a primitive the analysis does not know, a grouped
+convolution, a layer called twice) are refused with a ``ValueError`` naming it.
 
 What happens to a layer ``k`` (see :mod:`sparsejax.metrics` for when a unit is dead):
 
@@ -51,7 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sparsejax import _optional
-from sparsejax.nn import _calls, _tracing, _units
+from sparsejax.nn import _calls, _dead, _tracing, _units
 
 __all__ = ["ShrunkenLinenModel", "remove_dead_units"]
 
@@ -94,8 +101,9 @@ def remove_dead_units(
     """Builds the smaller dense model without the dead units of a sparsified model.
 
     Args:
-      model: an ``nnx.Module``, a ``linen.Module``, or ``apply_fn(variables, x)``; a chain of
-        Dense/Conv layers (with BatchNorm, activations, pooling, flatten between them).
+      model: an ``nnx.Module``, a ``linen.Module``, or ``apply_fn(variables, x)``: a chain of
+        Dense/Conv layers (with BatchNorm, activations, pooling, flatten between them), or a
+        graph of them that :func:`sparsejax.nn.dead_groups` reads (residual, concatenation).
       example_input: a batch of inputs; used to trace the layers and read the constant values
         that removed units leave behind.
       variables: Linen variables; None for NNX.
@@ -108,8 +116,9 @@ def remove_dead_units(
 
     Raises:
       ValueError: for an unsupported model or input (see :func:`sparsejax.model_report`), a
-        model whose layers do not form a chain, or, with ``check_outputs``, outputs that changed
-        by more than 1e-4 of their largest magnitude (an operation between layers mixes units).
+        non-chain model whose coupled groups cannot be cut (naming the operation), or, with
+        ``check_outputs``, outputs that changed by more than 1e-4 of their largest magnitude
+        (an operation between layers mixes units).
 
     >>> import jax.numpy as jnp
     >>> from flax import nnx
@@ -126,10 +135,10 @@ def remove_dead_units(
     _optional.require_flax("sparsejax.remove_dead_units")
     network = _tracing.trace(model, example_input, variables)
     if not network.sequential:
-        raise ValueError(
-            f"model {type(model).__name__} cannot be cut: {network.chain_problem} "
-            "(remove_dead_units supports chains of Dense/Conv layers)"
-        )
+        small, reference, candidate = _cut_coupled(model, example_input, variables, network)
+        if check_outputs:
+            _check_same_outputs(reference, candidate, jnp.asarray(example_input))
+        return small
     cuts = [_Cut(layer, plan) for layer, plan in zip(network.layers, _units.plan_units(network))]
     if _calls._is_nnx_module(model):
         small = _shrink_nnx(model, cuts)
@@ -144,6 +153,91 @@ def remove_dead_units(
     if check_outputs:
         _check_same_outputs(reference, candidate, jnp.asarray(example_input))
     return small
+
+
+def _cut_coupled(model, example_input, variables, network):
+    """Surgery on a non-chain model: every dead coupled group is sliced out of every parameter
+    it touches; returns the smaller model and the reference to check it against."""
+    runner = _calls.wrap_model(model, variables)
+    try:
+        plan = _dead._plan(network, runner, example_input)
+    except ValueError as error:
+        raise ValueError(
+            f"model {type(model).__name__} cannot be cut: it is not a chain "
+            f"({network.chain_problem}) and its coupled groups cannot be cut: {error}"
+        ) from error
+    if _calls._is_nnx_module(model):
+        small = _shrink_nnx_coupled(model, plan)
+        return small, _nnx_eval(model), _nnx_eval(small)
+    cuts = [_Cut(layer, plan.layer_plan(layer)) for layer in network.layers]
+    apply_fn = getattr(model, "apply_fn", runner.apply_fn)
+    variables = _slice_tree(runner.variables, plan)
+    sizes = {}
+    for call in plan.attentions:  # heads, q/k/v features and outputs from the smaller kernels
+        _, heads, depth = _lookup(variables, ("params", *call.path, "query", "kernel")).shape
+        features = _lookup(variables, ("params", *call.path, "out", "kernel")).shape[-1]
+        sizes[call.path] = {
+            "num_heads": heads,
+            "qkv_features": heads * depth,
+            "out_features": features,
+        }
+    small = ShrunkenLinenModel(apply_fn, variables, cuts, sizes)
+    return small, runner, small
+
+
+def _slice_tree(tree: Any, plan: _dead.CoupledPlan) -> Any:
+    """``tree`` (NNX state or Linen variables) with the plan's bias shifts added and every
+    leaf sliced to its kept indices."""
+    from sparsejax.transforms import path_string
+
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    new = []
+    for path, leaf in leaves:
+        name = path_string(path)
+        if _dead.is_key(leaf):
+            new.append(leaf)
+            continue
+        array = np.asarray(leaf)
+        if name in plan.shifts:
+            array = array + plan.shifts[name].astype(array.dtype)
+        masks = plan.kept.get(name)
+        if masks is not None and array.ndim and not all(m.all() for m in masks):
+            array = array[np.ix_(*[np.flatnonzero(m) for m in masks])]
+        new.append(jnp.asarray(array, dtype=jnp.result_type(leaf)))
+    return jax.tree_util.tree_unflatten(treedef, new)
+
+
+def _shrink_nnx_coupled(model: Any, plan: _dead.CoupledPlan) -> Any:
+    from flax import nnx
+
+    small = nnx.clone(model)
+    graphdef, state = nnx.split(small)
+    small = nnx.merge(graphdef, _slice_tree(state, plan))
+    for _, node in nnx.iter_graph(small):
+        # The layers' size attributes follow their (smaller) arrays.
+        if isinstance(node, nnx.Linear):
+            node.in_features, node.out_features = node.kernel.shape
+        elif isinstance(node, nnx.Conv):
+            node.in_features, node.out_features = node.kernel.shape[-2:]
+            node.kernel_shape = tuple(node.kernel.shape)
+        elif isinstance(node, nnx.BatchNorm):
+            node.num_features = int(node.mean.shape[0])
+        elif isinstance(node, nnx.MultiHeadAttention):
+            _resize_attention(node)
+    return small
+
+
+def _resize_attention(node: Any) -> None:
+    """Sets the sizes of a cut ``nnx.MultiHeadAttention`` and of its projections from their
+    (smaller) kernels: q/k/v ``(in, heads, depth)``, out ``(heads, v_depth, features)``."""
+    for projection in (node.query, node.key, node.value):
+        inputs, heads, depth = projection.kernel.shape
+        projection.in_features, projection.out_features = (inputs,), (heads, depth)
+    heads, v_depth, features = node.out.kernel.shape
+    node.out.in_features, node.out.out_features = (heads, v_depth), (features,)
+    node.num_heads, node.head_dim = heads, node.query.kernel.shape[2]
+    node.qkv_features = heads * node.head_dim
+    node.in_features, node.out_features = node.query.kernel.shape[0], features
 
 
 def _nnx_eval(model: Any) -> Any:
@@ -274,18 +368,30 @@ class ShrunkenLinenModel:
       apply_fn: the original ``apply_fn(variables, x, ...)``.
       variables: the smaller variables.
       input_indices: ``{module path: index or None}``, the inputs each cut layer gathers.
+      attention_sizes: ``{module path: {"num_heads": ..., ...}}``, the sizes a cut
+        ``MultiHeadDotProductAttention`` runs with.
     """
 
-    def __init__(self, apply_fn: Callable, variables: Any, cuts: list[_Cut]):
+    def __init__(
+        self,
+        apply_fn: Callable,
+        variables: Any,
+        cuts: list[_Cut],
+        attention_sizes: dict | None = None,
+    ):
         self.apply_fn = apply_fn
         self.variables = variables
         self.input_indices = {cut.layer.call.path: cut.plan.input_index for cut in cuts}
+        self.attention_sizes = dict(attention_sizes or {})
 
     def interceptor(self, variables: Any) -> Callable:
         """The ``flax.linen.intercept_methods`` interceptor that runs the cut layers."""
 
         def interceptor(next_fun, args, kwargs, context):
             path = tuple(context.module.scope.path)
+            if path in self.attention_sizes and context.method_name == "__call__":
+                with _attributes_set_to(context.module, **self.attention_sizes[path]):
+                    return next_fun(*args, **kwargs)
             if path not in self.input_indices or context.method_name != "__call__" or not args:
                 return next_fun(*args, **kwargs)
             inputs, *rest = args
@@ -293,7 +399,7 @@ class ShrunkenLinenModel:
             if index is not None:
                 inputs = inputs[..., jnp.asarray(index, jnp.int32)]
             features = _lookup(variables, ("params", *path, "kernel")).shape[-1]
-            with _features_set_to(context.module, features):
+            with _attributes_set_to(context.module, features=features):
                 return next_fun(inputs, *rest, **kwargs)
 
         return interceptor
@@ -316,13 +422,15 @@ def _lookup(tree: Any, path: tuple) -> Any:
 
 
 @contextlib.contextmanager
-def _features_set_to(module: Any, features: int) -> Iterator[None]:
-    """Temporarily changes a bound Linen layer's ``features`` so that its parameter shape check
-    accepts the smaller kernel (Linen modules are frozen dataclasses, hence object.__setattr__).
-    """
-    original = module.features
-    object.__setattr__(module, "features", features)
+def _attributes_set_to(module: Any, **values: Any) -> Iterator[None]:
+    """Temporarily changes attributes of a bound Linen module (``features`` of a layer so that
+    its parameter shape check accepts the smaller kernel; ``num_heads`` of an attention), as
+    Linen modules are frozen dataclasses, hence object.__setattr__."""
+    originals = {name: getattr(module, name) for name in values}
+    for name, value in values.items():
+        object.__setattr__(module, name, value)
     try:
         yield
     finally:
-        object.__setattr__(module, "features", original)
+        for name, value in originals.items():
+            object.__setattr__(module, name, value)

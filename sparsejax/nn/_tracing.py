@@ -156,6 +156,8 @@ class Network:
     layers: list[Layer]
     params: list[tuple[Path, np.ndarray]]
     chain_problem: str | None  # None when the layers form a chain
+    # Every BatchNorm call, in call order (attached to a layer or not).
+    norms: list[Call] = dataclasses.field(default_factory=list)
     # Free slot for a whole-model dependency graph (coupled unit groups from the jaxpr).
     graph: Any = None
 
@@ -191,6 +193,7 @@ def trace(model: Any, example_input: Any, variables: Any = None) -> Network:
         for call, low, high in zip(layer_calls, lows, highs)
     ]
     network = Network(layers, runner.param_leaves(), None)
+    network.norms = [call for call in calls if call.kind == "norm"]
     network.chain_problem = _chain_problem(runner, x, calls, network)
     return network
 
@@ -235,7 +238,9 @@ def _chain_problem(runner: Any, x: jax.Array, calls: list[Call], network: Networ
             return f"{layer.name} is a {layer.unsupported}"
     for previous, layer in itertools.pairwise(layers):
         inputs, outputs = layer.source_width, previous.num_outputs
-        if inputs % outputs or (inputs != outputs and len(layer.call.input_shape) != 2):
+        # (a layer cut down to no output unit feeds one without inputs: 0 maps onto 0)
+        mismatch = inputs % outputs if outputs else inputs
+        if mismatch or (inputs != outputs and len(layer.call.input_shape) != 2):
             return (
                 f"the input of {layer.name} ({inputs} units) does not map onto the "
                 f"{outputs} output units of {previous.name}"

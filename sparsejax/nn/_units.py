@@ -50,14 +50,30 @@ def _producers(layers: list[Layer], index: int) -> np.ndarray:
     return layers[index].sources % layers[index - 1].num_outputs
 
 
-def _foldable(producer: Layer, consumer: Layer, producers: np.ndarray) -> np.ndarray:
-    """Per output unit of ``producer``: can it be removed when constant, its value folded into
-    ``consumer``'s bias?"""
+def foldable_rows(consumer: Layer) -> np.ndarray:
+    """Per kernel row of ``consumer``: is the input it reads constant over the example batch
+    (and its positions) with a value that can be folded into ``consumer``'s bias (zero, or a
+    bias exists and the layer maps a constant input to a constant per output unit)?"""
     low, high = consumer.input_low[consumer.sources], consumer.input_high[consumer.sources]
     constant = (high - low) <= _CONSTANT_RTOL * (1.0 + np.abs(low))
     zero = (low == 0) & (high == 0)
     absorbable = consumer.bias is not None and consumer.folds_constants
-    ok = constant & (zero | absorbable)
+    return constant & (zero | absorbable)
+
+
+def folded_shift(layer: Layer, folded: np.ndarray) -> np.ndarray:
+    """The bias shift of ``layer`` when its kernel rows ``folded`` (bool per row) are removed
+    and the constant each of them read is added to the bias:
+    ``shift_o = sum_r c_r sum_window W[..., r, o]``."""
+    weights = layer.kernel.astype(np.float64).sum(axis=tuple(range(layer.kernel.ndim - 2)))
+    values = np.where(folded, layer.input_low[layer.sources], 0.0)
+    return values @ np.where(folded[:, None], weights, 0.0)
+
+
+def _foldable(producer: Layer, consumer: Layer, producers: np.ndarray) -> np.ndarray:
+    """Per output unit of ``producer``: can it be removed when constant, its value folded into
+    ``consumer``'s bias?"""
+    ok = foldable_rows(consumer)
     failures = np.bincount(producers, weights=~ok, minlength=producer.num_outputs)
     return failures == 0
 
@@ -92,10 +108,7 @@ def _assemble(layers, producers, live, kept, constant) -> list[UnitPlan]:
     for k, layer in enumerate(layers):
         shift = np.zeros(layer.num_outputs)
         if k > 0:
-            folded = constant[k - 1][producers[k]]
-            weights = layer.kernel.astype(np.float64).sum(axis=tuple(range(layer.kernel.ndim - 2)))
-            values = np.where(folded, layer.input_low[layer.sources], 0.0)
-            shift = values @ np.where(folded[:, None], weights, 0.0)
+            shift = folded_shift(layer, constant[k - 1][producers[k]])
         plans.append(
             UnitPlan(live[k], kept[k], shift, _input_index(layers, k, live, kept, producers))
         )

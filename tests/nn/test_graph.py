@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from sparsejax.nn._graph import GroupMember, coupled_groups
-from tests._models import Residual
+from tests._models import Concat, ConvResidual, Residual
 
 
 def _as_sets(groups, removable=True):
@@ -34,18 +34,8 @@ def test_residual_add_couples_every_writer_and_reader():
     assert _as_sets(groups, False) == {_unit(i, ("c/kernel", 1), ("c/bias", 0)) for i in range(2)}
 
 
-class _Concat(nnx.Module):
-    def __init__(self, rngs):
-        self.a = nnx.Linear(3, 2, rngs=rngs)
-        self.b = nnx.Linear(3, 3, rngs=rngs)
-        self.c = nnx.Linear(5, 1, rngs=rngs)
-
-    def __call__(self, x):
-        return self.c(jnp.concatenate([jax.nn.relu(self.a(x)), jnp.tanh(self.b(x))], axis=-1))
-
-
 def test_concatenation_maps_units_to_their_rows():
-    groups = coupled_groups(_Concat(nnx.Rngs(0)), jnp.ones((2, 3)))
+    groups = coupled_groups(Concat(nnx.Rngs(0)), jnp.ones((2, 3)))
     expected = {
         frozenset({("a/kernel", 1, i), ("a/bias", 0, i), ("c/kernel", 0, i)}) for i in range(2)
     } | {
@@ -209,24 +199,9 @@ def test_reads_marks_the_input_rows_of_each_unit():
     assert reads == {("out/kernel", 0), ("out/kernel", 1)}
 
 
-class _ConvResidual(nnx.Module):
-    """A ResNet basic block with BatchNorm on a stem, then global average pooling."""
-
-    def __init__(self, rngs):
-        self.stem, self.bn0 = nnx.Conv(1, 4, (3, 3), rngs=rngs), nnx.BatchNorm(4, rngs=rngs)
-        self.c1, self.bn1 = nnx.Conv(4, 6, (3, 3), rngs=rngs), nnx.BatchNorm(6, rngs=rngs)
-        self.c2, self.bn2 = nnx.Conv(6, 4, (3, 3), rngs=rngs), nnx.BatchNorm(4, rngs=rngs)
-        self.fc = nnx.Linear(4, 3, rngs=rngs)
-
-    def __call__(self, x):
-        h = jax.nn.relu(self.bn0(self.stem(x)))
-        h = jax.nn.relu(h + self.bn2(self.c2(jax.nn.relu(self.bn1(self.c1(h))))))
-        return self.fc(h.mean(axis=(1, 2)))
-
-
 @pytest.mark.parametrize("train", [True, False])
 def test_conv_residual_block_with_batchnorm(train):
-    model = _ConvResidual(nnx.Rngs(0))
+    model = ConvResidual(nnx.Rngs(0))
     if not train:
         model.eval()
     removable = _as_sets(coupled_groups(model, jnp.ones((2, 6, 6, 1))))

@@ -227,8 +227,16 @@ def test_constant_channel_before_same_padded_conv_is_kept_unless_zero():
     assert build(-0.5).layers[0].live_outputs == 1
 
 
+class OpaqueResidual(Residual):
+    """The same residual network with an operation the coupled analysis does not read."""
+
+    def __call__(self, x):
+        return self.out(x + jnp.fft.ifft(jnp.fft.fft(self.fc2(nnx.relu(self.fc1(x))))).real)
+
+
 def test_residual_network_falls_back_to_per_layer_counts():
-    model = Residual(nnx.Rngs(0))
+    # Only when its coupled groups cannot be analysed (here: an fft); see test_coupled_surgery.
+    model = OpaqueResidual(nnx.Rngs(0))
     kernel = np.ones((6, 6))
     kernel[[0, 1]] = 0.0
     kernel[:, 5] = 0.0
@@ -236,10 +244,17 @@ def test_residual_network_falls_back_to_per_layer_counts():
     report = metrics.model_report(model, jnp.ones((2, 6)))
     assert not report.sequential
     assert "not sequential" in report.note and "input of out" in report.note
+    assert "'fft'" in report.note
     fc2 = report.layers[1]
     # Guyard & Barlaud's (in - zero_in)*(out - zero_out)
     assert fc2.effective_maccs == (6 - 2) * (6 - 1)
     assert report.layers[0].effective_maccs == 36
+    # Readable, the same network counts its coupled groups: fc1's units 0, 1 are read by no
+    # one; the stream (added to the input x) is fixed by the data, so fc2 keeps its 6 outputs.
+    plain = Residual(nnx.Rngs(0))
+    _set(plain.fc2, "kernel", kernel)
+    report = metrics.model_report(plain, jnp.ones((2, 6)))
+    assert [row.effective_maccs for row in report.layers] == [6 * 4, 4 * 6, 6 * 2]
 
 
 # ------------------------------------------------------------------ entropy and compression
