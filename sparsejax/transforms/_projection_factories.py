@@ -9,6 +9,10 @@ from sparsejax.transforms import _constraints as constraints
 from sparsejax.transforms import _selection as selection
 from sparsejax.transforms._projection import _projection
 
+# 64 triplets: enough for the low-rank layers the nuclear ball is used for, and a warm step of
+# a 1024 x 1024 kernel is then a few thin products against a full SVD.
+_DEFAULT_WARM_RANK = 64
+
 
 def project_l1(
     eta: selection.Budget,
@@ -271,7 +275,7 @@ def project_nuclear(
     where: selection.Where = None,
     every_k_steps: int = 1,
     global_budget: bool = False,
-    warm_rank: int = 64,
+    warm_rank: int | None = None,
 ) -> optax.GradientTransformation:
     r"""Projects each selected leaf onto the nuclear-norm ball (low rank).
 
@@ -303,9 +307,11 @@ def project_nuclear(
       where: which leaves (default: kernels).
       every_k_steps: project on every k-th update only (an SVD per leaf is not cheap).
       global_budget: one budget for the singular values of all selected leaves together.
-      warm_rank: the number ``k`` of singular triplets kept as the warm start (a Python
-        int ``>= 0``; ``0``: a full SVD at every projection). It bounds the rank a
-        projection can have on the warm path.
+      warm_rank: the number ``k`` of singular triplets kept as the warm start, a Python int
+        ``>= 0`` (``0``: a full SVD at every projection), or ``None`` for the default
+        ``64`` (a default that is not a number stays static under
+        ``optax.inject_hyperparams``). It bounds the rank a projection can have on the warm
+        path.
 
     Returns:
       An ``optax.GradientTransformation`` to place last in a chain.
@@ -323,6 +329,9 @@ def project_nuclear(
 
     Reference: Guyard & Barlaud (2020), HAL v2 abstract.
     """
+    if warm_rank is None:
+        warm_rank = _DEFAULT_WARM_RANK
+    # A traced value cannot set the shapes of the state: it must be a Python int.
     if isinstance(warm_rank, bool) or not isinstance(warm_rank, (int, np.integer)) or warm_rank < 0:
         raise ValueError(
             f"warm_rank must be a Python int >= 0, got warm_rank={warm_rank!r} (under "
