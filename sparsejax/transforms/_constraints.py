@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from sparsejax import projections
-from sparsejax.projections import _nuclear
+from sparsejax.projections import _l1inf, _nuclear
 from sparsejax.projections._l1 import threshold_of_arrays
 
 
@@ -189,14 +189,17 @@ class _Nuclear(_BiLevel):
 
 
 class _ExactL1Inf:
-    """Exact Euclidean projection onto sum_i max_j |w_ij| <= eta (not bi-level)."""
+    """Exact Euclidean projection onto sum_i max_j |w_ij| <= eta (not bi-level).
+
+    The warm starts are the last step's Newton threshold and its per-group caps.
+    """
 
     name = "l1inf"
     needs_groups = True
-    inner_warm = False
+    inner_warm = True
 
     def init_inner(self, leaf: _Leaf) -> jax.Array:
-        return jnp.zeros((), leaf.dtype)
+        return jnp.zeros((leaf.shape[leaf.axis],), leaf.dtype)
 
 
 class _NestedL111:
@@ -238,19 +241,37 @@ def _project_bilevel_global(constraint, xs, leaves, warm, radius):
     return outs, new_warm
 
 
-def _project_l1inf_global(xs, leaves, radius):
+def _l1inf_warm(x, axis, radius, theta, caps):
+    """The exact l1,inf projection from a warm start: ``(projection, theta, caps)``."""
+    if x.size == 0:
+        return x, theta, caps
+    return _l1inf._l1inf_warm_core(x, axis, jnp.asarray(radius, x.dtype), theta, caps)
+
+
+def _project_l1inf_per_leaf(xs, leaves, warm):
+    outs, new_warm = [], {}
+    for x, leaf in zip(xs, leaves):
+        y, theta, caps = _l1inf_warm(x, leaf.axis, leaf.radius, *warm[leaf.path])
+        outs.append(y)
+        new_warm[leaf.path] = (theta, caps)
+    return outs, new_warm
+
+
+def _project_l1inf_global(xs, leaves, warm, radius):
     rows = [_rows(x, leaf.axis) for x, leaf in zip(xs, leaves)]
     width = max(r.shape[1] for r in rows)
     # Zero padding leaves the l1,inf projection of the real entries unchanged: padded zeros
     # never set a group maximum and are mapped to zero.
     padded = jnp.concatenate([jnp.pad(r, ((0, 0), (0, width - r.shape[1]))) for r in rows])
-    projected = projections.l1inf_ball(padded, radius, group_axis=0)
-    outs, start = [], 0
+    caps = jnp.concatenate([warm[leaf.path] for leaf in leaves]).astype(padded.dtype)
+    projected, theta, caps = _l1inf_warm(padded, 0, radius, warm["__global__"], caps)
+    outs, new_warm, start = [], {"__global__": theta}, 0
     for x, leaf, r in zip(xs, leaves, rows):
         block = projected[start : start + r.shape[0], : r.shape[1]]
+        new_warm[leaf.path] = caps[start : start + r.shape[0]].astype(leaf.dtype)
         start += r.shape[0]
         outs.append(_unrows(block, x.shape, leaf.axis))
-    return outs
+    return outs, new_warm
 
 
 # Extra subspace iterations before the Ritz step of a warm nuclear projection: one brings the
@@ -358,12 +379,7 @@ def _project(constraint, xs, leaves, warm, global_radius):
         return _project_bilevel_global(constraint, xs, leaves, warm, global_radius)
     if isinstance(constraint, _ExactL1Inf):
         if global_radius is None:
-            outs = [
-                projections.l1inf_ball(x, lf.radius, group_axis=lf.axis)
-                for x, lf in zip(xs, leaves)
-            ]
-        else:
-            outs = _project_l1inf_global(xs, leaves, global_radius)
-        return outs, warm
+            return _project_l1inf_per_leaf(xs, leaves, warm)
+        return _project_l1inf_global(xs, leaves, warm, global_radius)
     outs = [projections.l111_ball(x, leaf.radius) for x, leaf in zip(xs, leaves)]
     return outs, warm
