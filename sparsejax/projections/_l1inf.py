@@ -68,8 +68,10 @@ def _newton(magnitudes, radius, theta_start, caps_start):
         # up. Without slope a warm start has spent every row: restart from 0.
         first = jnp.where(slope > 0, jnp.maximum(root, 0), 0)
         later = jnp.where(changed & (slope > 0), jnp.maximum(theta, root), theta)
-        theta = jnp.where(iteration == 0, first, later)
-        return theta, caps, count, changed, iteration + 1
+        new_theta = jnp.where(iteration == 0, first, later)
+        # A step that leaves theta unchanged (to the bit) would repeat this evaluation and
+        # stop: stop now, with the caps of this theta.
+        return new_theta, caps, count, changed & (new_theta != theta), iteration + 1
 
     def keep_going(state):
         *_, changed, iteration = state
