@@ -10,12 +10,14 @@ l1,inf and the nested l1,1,1 operators are projected leaf by leaf with
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from sparsejax import projections
+from sparsejax.projections import _l1inf, _nuclear
 from sparsejax.projections._l1 import threshold_of_arrays
 
 
@@ -135,9 +137,34 @@ class _BiLevelL1Inf(_BiLevel):
         return _unrows(jnp.clip(rows, -t[:, None], t[:, None]), x.shape, axis), warm
 
 
+class _NuclearWarm(NamedTuple):
+    """Inner state of a nuclear-norm leaf projected with a warm start (``warm_rank > 0``)."""
+
+    basis: jax.Array  # (n, k): the leading right singular vectors of the last projection
+    attempt: jax.Array  # bool: the next projection tries the warm path first
+    certified: jax.Array  # bool: the last projection was the certified warm one
+
+
 class _Nuclear(_BiLevel):
+    """Full SVD per leaf, or a warm-started truncated SVD certified against it.
+
+    With ``warm_rank = k > 0`` a leaf whose matrix has ``min(m, n) >= 2 k`` keeps the ``k``
+    leading right singular vectors of its last projection. The next projection computes
+    ``k`` Ritz triplets from them (block subspace iteration, ``O(m n k)``) and keeps them if
+    :func:`sparsejax.projections._nuclear._ritz_certificate` proves that they give the
+    full-SVD projection to a few ulps of ``||W||_F`` (the discarded spectrum is below the
+    threshold and the kept triplets have converged); otherwise the full SVD runs, in a
+    ``lax.cond``. After a full SVD the warm path is tried next only where it would have
+    passed on this step's spectrum (rank ``<= k`` and the spectrum beyond the kept part below
+    the threshold), so a leaf whose projection is not low rank pays for one SVD per step and
+    nothing more.
+    """
+
     name = "nuclear"
     needs_groups = False
+
+    def __init__(self, warm_rank: int = 0):
+        self.warm_rank = warm_rank
 
     def measure(self, x, axis):
         u, s, vt = jnp.linalg.svd(x.reshape(-1, x.shape[-1]), full_matrices=False)
@@ -147,16 +174,32 @@ class _Nuclear(_BiLevel):
         u, vt = aux
         return ((u * t[None, :]) @ vt).reshape(x.shape), warm
 
+    def rank_of(self, leaf: _Leaf) -> int:
+        """The static warm rank of a leaf: 0 (always the full SVD) unless it pays."""
+        m, n = math.prod(leaf.shape[:-1]), leaf.shape[-1]
+        k = self.warm_rank
+        return k if 0 < 2 * k <= min(m, n) else 0
+
+    def init_inner(self, leaf: _Leaf):
+        k = self.rank_of(leaf)
+        if k == 0:
+            return jnp.zeros((), leaf.dtype)
+        no = jnp.zeros((), bool)
+        return _NuclearWarm(jnp.zeros((leaf.shape[-1], k), leaf.dtype), no, no)
+
 
 class _ExactL1Inf:
-    """Exact Euclidean projection onto sum_i max_j |w_ij| <= eta (not bi-level)."""
+    """Exact Euclidean projection onto sum_i max_j |w_ij| <= eta (not bi-level).
+
+    The warm starts are the last step's Newton threshold and its per-group caps.
+    """
 
     name = "l1inf"
     needs_groups = True
-    inner_warm = False
+    inner_warm = True
 
     def init_inner(self, leaf: _Leaf) -> jax.Array:
-        return jnp.zeros((), leaf.dtype)
+        return jnp.zeros((leaf.shape[leaf.axis],), leaf.dtype)
 
 
 class _NestedL111:
@@ -198,35 +241,145 @@ def _project_bilevel_global(constraint, xs, leaves, warm, radius):
     return outs, new_warm
 
 
-def _project_l1inf_global(xs, leaves, radius):
+def _l1inf_warm(x, axis, radius, theta, caps):
+    """The exact l1,inf projection from a warm start: ``(projection, theta, caps)``."""
+    if x.size == 0:
+        return x, theta, caps
+    return _l1inf._l1inf_warm_core(x, axis, jnp.asarray(radius, x.dtype), theta, caps)
+
+
+def _project_l1inf_per_leaf(xs, leaves, warm):
+    outs, new_warm = [], {}
+    for x, leaf in zip(xs, leaves):
+        y, theta, caps = _l1inf_warm(x, leaf.axis, leaf.radius, *warm[leaf.path])
+        outs.append(y)
+        new_warm[leaf.path] = (theta, caps)
+    return outs, new_warm
+
+
+def _project_l1inf_global(xs, leaves, warm, radius):
     rows = [_rows(x, leaf.axis) for x, leaf in zip(xs, leaves)]
     width = max(r.shape[1] for r in rows)
     # Zero padding leaves the l1,inf projection of the real entries unchanged: padded zeros
     # never set a group maximum and are mapped to zero.
     padded = jnp.concatenate([jnp.pad(r, ((0, 0), (0, width - r.shape[1]))) for r in rows])
-    projected = projections.l1inf_ball(padded, radius, group_axis=0)
-    outs, start = [], 0
+    caps = jnp.concatenate([warm[leaf.path] for leaf in leaves]).astype(padded.dtype)
+    projected, theta, caps = _l1inf_warm(padded, 0, radius, warm["__global__"], caps)
+    outs, new_warm, start = [], {"__global__": theta}, 0
     for x, leaf, r in zip(xs, leaves, rows):
         block = projected[start : start + r.shape[0], : r.shape[1]]
+        new_warm[leaf.path] = caps[start : start + r.shape[0]].astype(leaf.dtype)
         start += r.shape[0]
         outs.append(_unrows(block, x.shape, leaf.axis))
-    return outs
+    return outs, new_warm
+
+
+# Extra subspace iterations before the Ritz step of a warm nuclear projection: one brings the
+# kept triplets of a float32 step to their rounding floor; float64's floor is 1e-9 lower.
+_WARM_ITERATIONS = {4: 1, 8: 3}
+
+
+def _after_full_svd(s, vt, theta, k, dtype):
+    """The warm state after a full SVD: its leading vectors, and whether to try warm next.
+
+    The next step is tried warm if this one would have been certified from exact triplets:
+    at most ``k`` singular values above ``theta`` and
+    ``sqrt(max_{i >= rank} s_i^2 + sum_{i >= k} s_i^2) < theta`` (the bound the certificate
+    applies, evaluated on the exact spectrum).
+    """
+    rank = jnp.sum(s > theta)
+    index = jnp.arange(s.shape[0])
+    discarded = jnp.max(jnp.where(index >= rank, s, 0))
+    beyond = jnp.sum(jnp.where(index >= k, jnp.square(s), 0))
+    hopeful = (theta > 0) & (rank <= k) & (jnp.sqrt(jnp.square(discarded) + beyond) < theta)
+    return _NuclearWarm(vt[:k].T.astype(dtype), hopeful, jnp.zeros((), bool))
+
+
+def _project_nuclear_group(constraint, xs, leaves, radius, outer, inners):
+    """Nuclear projection of leaves that share one threshold (one leaf, or a global budget).
+
+    Returns the projected leaves, the threshold and the new inner states.
+    """
+    matrices = [x.reshape(-1, x.shape[-1]) for x in xs]
+    ks = [constraint.rank_of(leaf) for leaf in leaves]
+
+    def full(_):
+        svds = [jnp.linalg.svd(a, full_matrices=False) for a in matrices]
+        theta = constraint.outer_threshold([s for _, s, _ in svds], radius, outer)
+        outs, new_inners = [], []
+        for x, (u, s, vt), k, inner in zip(xs, svds, ks, inners):
+            outs.append(((u * jnp.maximum(s - theta, 0.0)[None, :]) @ vt).reshape(x.shape))
+            new_inners.append(inner if k == 0 else _after_full_svd(s, vt, theta, k, x.dtype))
+        return outs, theta, new_inners
+
+    if not any(ks):
+        return full(None)
+
+    def warm(_):
+        # A leaf too small to warm start is decomposed exactly here too (its triplets need no
+        # certificate); the others give k Ritz triplets each.
+        triplets = []
+        for a, k, inner in zip(matrices, ks, inners):
+            if k == 0:
+                u, s, vt = jnp.linalg.svd(a, full_matrices=False)
+                triplets.append((u, s, vt.T, None))
+            else:
+                ritz = _nuclear._warm_ritz(a, inner.basis, _WARM_ITERATIONS[a.dtype.itemsize])
+                triplets.append((ritz.left, ritz.values, ritz.right, ritz))
+        theta = constraint.outer_threshold([s for _, s, _, _ in triplets], radius, outer)
+        certified = jnp.ones((), bool)
+        for *_, ritz in triplets:
+            if ritz is not None:
+                certified &= _nuclear._ritz_certificate(ritz, theta)[0]
+
+        def accept(_):
+            outs, new_inners = [], []
+            for x, (u, s, v, ritz), inner in zip(xs, triplets, inners):
+                outs.append(((u * jnp.maximum(s - theta, 0.0)[None, :]) @ v.T).reshape(x.shape))
+                yes = jnp.ones((), bool)
+                new_inners.append(inner if ritz is None else _NuclearWarm(v, yes, yes))
+            return outs, theta, new_inners
+
+        return jax.lax.cond(certified, accept, full, None)
+
+    attempt = jnp.ones((), bool)
+    for k, inner in zip(ks, inners):
+        if k:
+            attempt &= inner.attempt
+    return jax.lax.cond(attempt, warm, full, None)
+
+
+def _project_nuclear(constraint, xs, leaves, warm, global_radius):
+    if global_radius is not None:
+        inners = [warm[leaf.path] for leaf in leaves]
+        outs, theta, inners = _project_nuclear_group(
+            constraint, xs, leaves, global_radius, warm["__global__"], inners
+        )
+        new_warm = {leaf.path: inner for leaf, inner in zip(leaves, inners)}
+        new_warm["__global__"] = theta
+        return outs, new_warm
+    outs, new_warm = [], {}
+    for x, leaf in zip(xs, leaves):
+        outer, inner = warm[leaf.path]
+        (y,), theta, (inner,) = _project_nuclear_group(
+            constraint, [x], [leaf], leaf.radius, outer, [inner]
+        )
+        outs.append(y)
+        new_warm[leaf.path] = (theta, inner)
+    return outs, new_warm
 
 
 def _project(constraint, xs, leaves, warm, global_radius):
     """Projects the selected leaves (compute dtype); returns them and the new warm starts."""
+    if isinstance(constraint, _Nuclear) and constraint.warm_rank > 0:
+        return _project_nuclear(constraint, xs, leaves, warm, global_radius)
     if isinstance(constraint, _BiLevel):
         if global_radius is None:
             return _project_bilevel_per_leaf(constraint, xs, leaves, warm)
         return _project_bilevel_global(constraint, xs, leaves, warm, global_radius)
     if isinstance(constraint, _ExactL1Inf):
         if global_radius is None:
-            outs = [
-                projections.l1inf_ball(x, lf.radius, group_axis=lf.axis)
-                for x, lf in zip(xs, leaves)
-            ]
-        else:
-            outs = _project_l1inf_global(xs, leaves, global_radius)
-        return outs, warm
+            return _project_l1inf_per_leaf(xs, leaves, warm)
+        return _project_l1inf_global(xs, leaves, warm, global_radius)
     outs = [projections.l111_ball(x, leaf.radius) for x, leaf in zip(xs, leaves)]
     return outs, warm

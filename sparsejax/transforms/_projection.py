@@ -42,6 +42,10 @@ Warm starts
 The l1 thresholds that define the l1, l2,1, l1,1 and bi-level l1,inf projections move little
 between training steps. The state keeps the previous ones and the active-set method starts from
 them, which makes it converge in one or two passes (the result does not depend on the start).
+The exact l1,inf projection keeps its Newton threshold and per-group caps (two or three Newton
+steps instead of about eight), and the nuclear-norm projection the leading right singular
+vectors of each leaf, from which a truncated SVD is computed and certified against the full one
+(see :func:`sparsejax.project_nuclear`).
 
 Reference: F. Guyard, M. Barlaud, "Learning sparse deep neural networks using efficient
 structured projections on convex constraints for green AI", HAL hal-02556382v2, 2020.
@@ -72,7 +76,10 @@ class ProjectionState(NamedTuple):
         ``(count + 1) % every_k_steps == 0``.
       thresholds: the l1 thresholds found by the last projection, kept as warm starts for the
         next one: a dict from parameter path to the per-leaf thresholds (under the key
-        ``"__global__"`` for the shared outer threshold of a global budget).
+        ``"__global__"`` for the shared outer threshold of a global budget). For the exact
+        l1,inf projection the inner part is the per-group caps; for the nuclear norm it is
+        the warm start of the truncated SVD (its basis, and whether the next projection tries
+        it and the last one was certified).
     """
 
     count: jax.Array

@@ -16,6 +16,7 @@ from flax import linen, nnx
 
 import sparsejax
 from sparsejax import projections
+from tests.projections._reference import ref_l1inf
 from tests.transforms import _trees as trees
 
 # ----------------------------------------------------------------------------- references
@@ -597,7 +598,7 @@ def test_valid_budgets_still_work_scalar_arrays_dicts_and_injected():
     ) == pytest.approx(1.0, rel=1e-5)
 
 
-@pytest.mark.parametrize("name", ["l1", "l11", "l21", "bilevel_l1inf"])
+@pytest.mark.parametrize("name", ["l1", "l11", "l21", "bilevel_l1inf", "l1inf", "nuclear"])
 def test_thresholds_recover_after_a_nan_step(name):
     # Issue 10, item 12: a NaN step may leave NaN warm starts; the next finite step must give
     # the projection of its own input.
@@ -643,3 +644,46 @@ def test_jit_does_not_recompile_across_steps():
             for _ in range(3):
                 _, state = update(zeros, state, params)
             assert update._cache_size() == 1, factory
+
+
+@pytest.mark.parametrize("global_budget", [False, True])
+def test_l1inf_warm_starts_give_the_cold_projection_over_steps(global_budget):
+    # Issue 13: project_l1inf keeps the last (theta, caps) as the start of the next Newton
+    # solve. A radius that grows (the root moves left of the start) and shrinks (right of
+    # it) must give, at every step, the projection of the point the optimizer reached.
+    key = jax.random.key(23)
+    params = {
+        "a": {"kernel": jax.random.normal(key, (24, 16))},
+        "b": {"kernel": jax.random.normal(jax.random.fold_in(key, 1), (16, 9))},
+    }
+    radii = [6.0, 6.0, 9.0, 3.0, 3.0, 12.0]
+    factory = optax.inject_hyperparams(sparsejax.project_l1inf, static_args=("global_budget",))
+    tx = optax.chain(
+        optax.adam(1e-2),
+        factory(eta=lambda count: jnp.asarray(radii)[count], global_budget=global_budget),
+    )
+    adam = optax.adam(1e-2)
+    update = jax.jit(tx.update)
+    state, adam_state = tx.init(params), adam.init(params)
+    for i, radius in enumerate(radii):
+        sub = jax.random.fold_in(key, 10 + i)
+        grads = jax.tree_util.tree_map(lambda p, k=sub: jax.random.normal(k, p.shape), params)
+        step, adam_state = adam.update(grads, adam_state, params)
+        point = optax.apply_updates(params, step)
+        updates, state = update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        if global_budget:
+            rows = [np.asarray(point[k]["kernel"]) for k in ("a", "b")]
+            padded = np.concatenate([np.pad(r, ((0, 0), (0, 16 - r.shape[1]))) for r in rows])
+            cold = np.asarray(projections.l1inf_ball(jnp.asarray(padded), radius))
+            expected = {"a": cold[:24], "b": cold[24:, :9]}
+        else:
+            expected = {
+                k: np.asarray(projections.l1inf_ball(point[k]["kernel"], radius)) for k in "ab"
+            }
+        for k in ("a", "b"):
+            np.testing.assert_allclose(params[k]["kernel"], expected[k], rtol=0, atol=1e-6)
+            reference = ref_l1inf(np.asarray(point[k]["kernel"]), radius)
+            if not global_budget:
+                np.testing.assert_allclose(params[k]["kernel"], reference, atol=1e-5)
+    assert update._cache_size() == 1
