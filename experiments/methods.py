@@ -399,16 +399,25 @@ class Experiment:
         return lambda: factory(eta, **options)
 
     def _coupled_groups(self) -> list:
-        """The model's removable coupled groups with a weight in a constrained layer."""
-        model = training.merge_model(self.split.eval_graph, self.split.params, self.split.rest)
-        example = jnp.asarray(self.data.train_images[:1])
+        """The model's coupled groups with a weight in a constrained layer that surgery can
+        remove once their weights are zero: not those tied to the input or output, nor those
+        an operation keeps (units a LayerNorm or softmax reduces over, q/k depths)."""
+        split, example = self.split, jnp.asarray(self.data.train_images[:2])
+        model = training.merge_model(split.eval_graph, split.params, split.rest)
         pattern = re.compile(self.settings.layers)
         groups = [
             group
             for group in sparsejax.coupled_groups(model, example)
             if group.removable and any(pattern.search(m.path) for m in group.members)
         ]
-        return non_overlapping(groups, self.split.params)
+        groups = non_overlapping(groups, split.params)
+        # With every candidate zeroed, the ones surgery would still keep say why.
+        zeroed = sparsejax.transforms.project_coupled_tree(split.params, 0.0, groups)
+        verdicts = sparsejax.nn.dead_groups(
+            training.merge_model(split.eval_graph, zeroed, split.rest), example
+        )
+        removable = {verdict.group for verdict in verdicts if verdict.dead}
+        return [group for group in groups if group in removable]
 
     def magnitude(self, sparsity: float) -> MethodResult:
         """Global magnitude pruning of the dense network, then masked fine-tuning."""
