@@ -1,14 +1,20 @@
-"""Inference time of a sparsified LFC4 before and after surgery, beside its effective-MACC ratio.
+"""Inference time of a sparsified model before and after surgery, beside its effective-MACC ratio.
 
-LFC4 (784-1000-1000-512-128-10, ``experiments.models``) gets Guyard & Barlaud's l1,1 bi-level
-projection (``sparsejax.projections.l11_ball``, groups = input units) of every kernel but the
-last, applied once to its initial weights with radius ``--eta``: the weights are not trained,
-only the sparsity structure matters for the timing. ``sparsejax.remove_dead_units`` then
-builds the smaller dense model. Both forward passes are jitted with their parameters as
-arguments and timed in the same run, interleaved, on the same inputs; each figure is the
-median over ``--repeats`` calls (``block_until_ready``) after a warm-up call.
+``--model lfc4`` (784-1000-1000-512-128-10, ``experiments.models``) gets Guyard & Barlaud's
+l1,1 bi-level projection (``sparsejax.projections.l11_ball``, groups = input units) of every
+kernel but the last, applied once to its initial weights with radius ``--eta``. The residual
+and attention models (``--model resnet20``, ``vit_tiny``) get their coupled groups
+(``sparsejax.coupled_groups``, those surgery can remove: residual channels, block channels,
+attention heads, MLP units) zeroed, the ``--prune`` fraction of them with the smallest root
+mean square weight.
+The weights are not trained: only the sparsity structure matters for the timing.
+``sparsejax.remove_dead_units`` then builds the smaller dense model. Both forward passes are
+jitted with their parameters as arguments and timed in the same run, interleaved, on the same
+inputs; each figure is the median over ``--repeats`` calls (``block_until_ready``) after a
+warm-up call.
 
-    python benchmarks/surgery.py [--eta 40] [--repeats 200] [--json PATH]
+    python benchmarks/surgery.py [--model lfc4] [--eta 40] [--prune 0.75] [--repeats 200]
+        [--json PATH]
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ from flax import nnx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sparsejax
-from experiments.models import create_model
-from sparsejax import projections
+from experiments import training
+from experiments.methods import removable_coupled_groups
+from experiments.models import create_model, default_constrained_layers
+from sparsejax import projections, transforms
 
 BATCHES = (1, 256)
 
@@ -41,6 +49,23 @@ def sparsified_lfc4(eta: float) -> nnx.Module:
     for layer in layers:  # every kernel but the classifier's, as in Guyard & Barlaud's LFC4 runs
         layer.kernel[...] = projections.l11_ball(layer.kernel[...], eta, group_axis=0)
     return model
+
+
+def sparsified_coupled(name: str, prune: float, example: jax.Array) -> nnx.Module:
+    """``name``'s initial weights with the ``prune`` fraction of its removable coupled groups
+    (smallest root mean square first) set to zero, in evaluation mode."""
+    split = training.split_model(create_model(name, input_shape=(28, 28, 1), seed=0))
+    layers = default_constrained_layers(name)
+    groups = removable_coupled_groups(split, example, layers)
+    rows = np.asarray(transforms.coupled_rows(split.params, groups))
+    # Root mean square over each group's own weights (rows are zero-padded to one width), so
+    # that heads (many weights) and MLP units (few) compete on the same scale.
+    rms = np.linalg.norm(rows, axis=1) / np.sqrt(np.maximum((rows != 0).sum(axis=1), 1))
+    chosen = [groups[index] for index in np.argsort(rms, kind="stable")]
+    zeroed = chosen[: int(prune * len(groups))]
+    params = transforms.project_coupled_tree(split.params, 0.0, zeroed)
+    print(f"{name}: {len(zeroed)} of {len(groups)} removable coupled groups zeroed")
+    return training.merge_model(split.eval_graph, params, split.rest)
 
 
 def jitted_forward(model: nnx.Module):
@@ -64,19 +89,29 @@ def interleaved_medians(functions, x, repeats):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--eta", type=float, default=40.0, help="l1,1 radius per kernel")
+    parser.add_argument("--model", choices=("lfc4", "resnet20", "vit_tiny"), default="lfc4")
+    parser.add_argument("--eta", type=float, default=40.0, help="lfc4: l1,1 radius per kernel")
+    parser.add_argument(
+        "--prune", type=float, default=0.75, help="resnet20, vit_tiny: fraction of groups zeroed"
+    )
     parser.add_argument("--repeats", type=int, default=200, help="timed calls per figure")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
 
-    model = sparsified_lfc4(args.eta)
     example = jax.random.uniform(jax.random.key(0), (8, 28, 28, 1))
+    if args.model == "lfc4":
+        model = sparsified_lfc4(args.eta)
+        print(f"LFC4, l1,1 projection eta={args.eta:g} of the initial weights (all kernels but "
+              "the last)")  # fmt: skip
+    else:
+        model = sparsified_coupled(args.model, args.prune, example)
     report = sparsejax.model_report(model, example)
     small = sparsejax.remove_dead_units(model, example)
-    shapes = [tuple(getattr(small, f"fc{i}").kernel.shape) for i in range(1, model.num_layers + 1)]
-    print(
-        f"LFC4, l1,1 projection eta={args.eta:g} of the initial weights (all kernels but the last)"
-    )
+    shapes = [
+        tuple(np.shape(leaf))
+        for path, leaf in jax.tree_util.tree_flatten_with_path(nnx.state(small, nnx.Param))[0]
+        if sparsejax.path_string(path).endswith("kernel")
+    ]
     print(f"smaller model kernels: {shapes}")
     print(
         f"MACCs: dense {report.dense_maccs:,}  effective {report.effective_maccs:,}  "
@@ -115,7 +150,9 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {
-            "eta": args.eta,
+            "model": args.model,
+            "eta": args.eta if args.model == "lfc4" else None,
+            "prune": args.prune if args.model != "lfc4" else None,
             "rows": rows,
             "kernels": shapes,
             "jax": jax.__version__,

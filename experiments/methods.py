@@ -48,6 +48,8 @@ __all__ = [
     "Experiment",
     "MethodResult",
     "Settings",
+    "non_overlapping",
+    "removable_coupled_groups",
     "selected_sparsity",
 ]
 
@@ -160,6 +162,28 @@ def prune_dead_units(params: Any, mask: Any) -> Any:
 
 # Settings that only change the retraining phase (not in the digest of the phases before it).
 _RETRAIN_FIELDS = ("retrain_epochs", "retrain_lr", "prune_dead")
+
+
+def removable_coupled_groups(split: training.SplitModel, example: Any, layers: str) -> list:
+    """The coupled groups of ``split``'s model with a weight in a ``layers`` kernel that
+    surgery can remove once their weights are zero: not those tied to the input or output, nor
+    those an operation keeps (units a LayerNorm or softmax reduces over, q/k depths); where
+    groups cross (heads and head dimensions), the larger ones (:func:`non_overlapping`)."""
+    model = training.merge_model(split.eval_graph, split.params, split.rest)
+    pattern = re.compile(layers)
+    groups = [
+        group
+        for group in sparsejax.coupled_groups(model, example)
+        if group.removable and any(pattern.search(m.path) for m in group.members)
+    ]
+    groups = non_overlapping(groups, split.params)
+    # With every candidate zeroed, the ones surgery would still keep say why.
+    zeroed = sparsejax.transforms.project_coupled_tree(split.params, 0.0, groups)
+    verdicts = sparsejax.nn.dead_groups(
+        training.merge_model(split.eval_graph, zeroed, split.rest), example
+    )
+    removable = {verdict.group for verdict in verdicts if verdict.dead}
+    return [group for group in groups if group in removable]
 
 
 def non_overlapping(groups: list, params: Any) -> list:
@@ -399,25 +423,8 @@ class Experiment:
         return lambda: factory(eta, **options)
 
     def _coupled_groups(self) -> list:
-        """The model's coupled groups with a weight in a constrained layer that surgery can
-        remove once their weights are zero: not those tied to the input or output, nor those
-        an operation keeps (units a LayerNorm or softmax reduces over, q/k depths)."""
-        split, example = self.split, jnp.asarray(self.data.train_images[:2])
-        model = training.merge_model(split.eval_graph, split.params, split.rest)
-        pattern = re.compile(self.settings.layers)
-        groups = [
-            group
-            for group in sparsejax.coupled_groups(model, example)
-            if group.removable and any(pattern.search(m.path) for m in group.members)
-        ]
-        groups = non_overlapping(groups, split.params)
-        # With every candidate zeroed, the ones surgery would still keep say why.
-        zeroed = sparsejax.transforms.project_coupled_tree(split.params, 0.0, groups)
-        verdicts = sparsejax.nn.dead_groups(
-            training.merge_model(split.eval_graph, zeroed, split.rest), example
-        )
-        removable = {verdict.group for verdict in verdicts if verdict.dead}
-        return [group for group in groups if group in removable]
+        example = jnp.asarray(self.data.train_images[:2])
+        return removable_coupled_groups(self.split, example, self.settings.layers)
 
     def magnitude(self, sparsity: float) -> MethodResult:
         """Global magnitude pruning of the dense network, then masked fine-tuning."""
