@@ -515,13 +515,16 @@ def default_constrained_layers(name: str) -> str:
     acts on by default: Guyard & Barlaud's choice for Net4 (``conv2`` and ``fc1``: the first and
     last
     layers are the most sensitive), every kernel but the first and the classifier for the conv
-    nets, and every kernel but the last for the fully connected nets."""
+    nets, every kernel but the last for the fully connected nets, and every block's for the
+    transformer."""
     if name == "net4":
         return r"^(conv2|fc1)/kernel$"
     if name == "lenet300_100":
         return r"^fc[12]/kernel$"
     if name == "lfc4":
         return r"^fc[1-4]/kernel$"
+    if name == "vit_tiny":  # every block's attention and MLP; not the patch embedding, the head
+        return r"^blocks/.*kernel$"
     if name in MODEL_NAMES:
         first = r"blocks/0/|features/0/|stem/"
         return rf"^(?!.*({first}|classifier|head/)).*kernel$"
