@@ -350,6 +350,13 @@ def _judge(network, analysis, arrays, prefix, attentions):
 
 def _removal_problem(group, root, analysis, owners, prefix) -> str | None:
     """Why removing the (dead-looking) group would change the model, or None."""
+    static = analysis.static.get(root)
+    if static:
+        return (
+            f"its units are tied to entries that {', '.join(static)} adds (zero padding of a "
+            "width fixed in the model's code, e.g. a zero-pad shortcut): surgery cannot "
+            "change that width"
+        )
     consumed = analysis.consumptions.get(root)
     if consumed:
         return (
