@@ -23,7 +23,10 @@ slices of a dead ``nnx.MultiHeadAttention`` head), the constants of zero-written
 folded into the biases of the layers that read them, and ``in_features``, ``out_features``,
 ``kernel_shape``, ``num_features`` and ``num_heads`` follow the smaller arrays. Models whose
 coupled groups cannot be analysed (a primitive the analysis does not know, a grouped
-convolution, a layer called twice) are refused with a ``ValueError`` naming it.
+convolution, a layer called twice) are refused with a ``ValueError`` naming it; so is a cut
+model whose forward pass no longer runs (an operation of its code uses a static size that
+surgery cannot update). Units tied to the entries a ``pad`` adds along a unit axis (a zero-pad
+ResNet shortcut) are kept for that reason; the channels it passes through can go.
 
 What happens to a layer ``k`` (see :mod:`sparsejax.metrics` for when a unit is dead):
 
