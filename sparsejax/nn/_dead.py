@@ -22,8 +22,11 @@ model consumes its units in a way that removal would change: a reduction over th
 (LayerNorm/RMSNorm statistics, a softmax or mean over features: a mean over ``d`` features is
 not a mean over ``d - 1``, even when the removed one is zero), a product of two activations
 contracting it (``q . k^T``), a pooling window or gather along it, or (for a constant) an
-operation that mixes other units' values into it (``h - mean(h)``); or when it touches a
-parameter that belongs to no ``Linear``/``Conv``/``BatchNorm`` layer.
+operation that mixes other units' values into it (``h - mean(h)``); when its units are tied
+to the entries a ``pad`` adds along a unit axis (the zero channels of a zero-pad, "option A",
+ResNet shortcut: their number is a width fixed in the model's code, which surgery cannot
+change; the channels the pad passes through keep their identity and stay removable); or when
+it touches a parameter that belongs to no ``Linear``/``Conv``/``BatchNorm`` layer.
 """
 
 from __future__ import annotations
@@ -350,6 +353,13 @@ def _judge(network, analysis, arrays, prefix, attentions):
 
 def _removal_problem(group, root, analysis, owners, prefix) -> str | None:
     """Why removing the (dead-looking) group would change the model, or None."""
+    static = analysis.static.get(root)
+    if static:
+        return (
+            f"its units are tied to entries that {', '.join(static)} adds (zero padding of a "
+            "width fixed in the model's code, e.g. a zero-pad shortcut): surgery cannot "
+            "change that width"
+        )
     consumed = analysis.consumptions.get(root)
     if consumed:
         return (
@@ -418,7 +428,8 @@ def dead_groups(model: Any, example_input: Any, variables: Any = None) -> tuple[
 
     repeated until no group changes, and when removing it changes no output: groups whose
     units a LayerNorm/RMSNorm statistic, a softmax over features or a product of two
-    activations consume are kept, their verdict naming the operation (see the module
+    activations consume, and those tied to the entries a ``pad`` along a unit axis adds (a
+    zero-pad shortcut), are kept, their verdict naming the operation (see the module
     docstring of ``sparsejax.nn._dead``). :func:`sparsejax.model_report` counts, and
     :func:`sparsejax.remove_dead_units` cuts, exactly the dead groups of a non-chain model.
 

@@ -130,6 +130,8 @@ class Analysis(NamedTuple):
       lookups: for each leaf, the axes of a table that data indexes (an embedding).
       consumptions: ``{root: [operation, ...]}``, parameter-free consumptions of the units.
       injections: ``{root: [operation, ...]}``, other units' values mixed into the units.
+      static: ``{root: [operation, ...]}``, operations that add entries tied to the units in a
+        number fixed by the model's code (a ``pad`` along a unit axis).
     """
 
     groups: tuple[CoupledGroup, ...]
@@ -140,6 +142,7 @@ class Analysis(NamedTuple):
     lookups: tuple[frozenset[int], ...]
     consumptions: dict[int, list[str]]
     injections: dict[int, list[str]]
+    static: dict[int, list[str]]
 
 
 def analyse(fn, tree, example_input) -> Analysis:
@@ -212,4 +215,5 @@ def analyse(fn, tree, example_input) -> Analysis:
         lookups=tuple(lookups),
         consumptions=by_root(prop.consumptions),
         injections=by_root(prop.injections),
+        static=by_root(prop.static),
     )

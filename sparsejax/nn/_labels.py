@@ -105,7 +105,10 @@ class LabelPropagator:
       ``d`` features is not a mean over ``d - 1``), so its groups cannot simply be cut;
     * ``injections``: labels of an activation axis into which an elementwise operation mixes
       a value that carries no unit identity on that axis (``h - mean(h)``): a unit whose own
-      weights are zero is then not a constant.
+      weights are zero is then not a constant;
+    * ``static``: labels of activation entries whose number is a static size of the model's
+      code (the entries a ``pad`` along a unit axis adds): a unit tied to them cannot be
+      removed, as the model would still add that many entries.
     """
 
     def __init__(self):
@@ -114,6 +117,7 @@ class LabelPropagator:
         self.read_nodes: set[int] = set()  # labels of parameter axes contracted with data
         self.consumptions: list[tuple[np.ndarray, str]] = []
         self.injections: list[tuple[np.ndarray, str]] = []
+        self.static: list[tuple[np.ndarray, str]] = []
         self.in_dep: list[bool] = []
         self.lookup_nodes: set[int] = set()  # labels of parameter axes indexed by data
 
@@ -281,17 +285,7 @@ class LabelPropagator:
                     out.append(self.collapse(lab, out_shape[ax]))
             return [out]
         if name == "pad":
-            out = []
-            for ax, (lab, (lo, hi, interior)) in enumerate(
-                zip(ins[0], p["padding_config"], strict=True)
-            ):
-                if lab is None or (lo, hi, interior) == (0, 0, 0):
-                    out.append(lab)
-                elif interior == 0 and lo >= 0 and hi >= 0:
-                    out.append(np.concatenate([self.uf.fresh(lo), lab, self.uf.fresh(hi)]))
-                else:
-                    out.append(self.collapse(lab, out_shape[ax]))
-            return [out]
+            return [self.pad(ins[0], out_shape, p["padding_config"])]
         if name.startswith("reduce_window"):
             out = []
             for ax, lab in enumerate(ins[0]):
@@ -313,6 +307,28 @@ class LabelPropagator:
             f"coupled_groups: the primitive {name!r} is not understood; the coupled groups of "
             "this model cannot be computed"
         )
+
+    def pad(self, labels, out_shape, config) -> list:
+        """Maps labels through a ``pad``: the input indices keep their labels (they pass
+        through, shifted by ``lo``); the padded entries are constants written by no parameter
+        and get fresh labels. Their number is a static width of the model's code, so when the
+        operand is an activation the padded entries' labels are recorded in ``static``:
+        removing a unit tied to them would change a width that surgery cannot update."""
+        out = []
+        for ax, (lab, (lo, hi, interior)) in enumerate(zip(labels, config, strict=True)):
+            if lab is None or (lo, hi, interior) == (0, 0, 0):
+                out.append(lab)
+                continue
+            if interior == 0 and lo >= 0 and hi >= 0:
+                low, high = self.uf.fresh(lo), self.uf.fresh(hi)
+                padded = np.concatenate([low, high])
+                out.append(np.concatenate([low, lab, high]))
+            else:  # interior or negative (cropping) padding: every unit of the axis is tied
+                padded = self.collapse(lab, out_shape[ax])
+                out.append(padded)
+            if self.in_dep[0] and len(padded):
+                self.static.append((padded, "pad along a unit axis"))
+        return out
 
     def reshape(self, labels, in_shape, out_shape) -> list:
         """Maps labels through a reshape, block by block of axes with equal products."""

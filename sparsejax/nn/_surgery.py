@@ -23,7 +23,10 @@ slices of a dead ``nnx.MultiHeadAttention`` head), the constants of zero-written
 folded into the biases of the layers that read them, and ``in_features``, ``out_features``,
 ``kernel_shape``, ``num_features`` and ``num_heads`` follow the smaller arrays. Models whose
 coupled groups cannot be analysed (a primitive the analysis does not know, a grouped
-convolution, a layer called twice) are refused with a ``ValueError`` naming it.
+convolution, a layer called twice) are refused with a ``ValueError`` naming it; so is a cut
+model whose forward pass no longer runs (an operation of its code uses a static size that
+surgery cannot update). Units tied to the entries a ``pad`` adds along a unit axis (a zero-pad
+ResNet shortcut) are kept for that reason; the channels it passes through can go.
 
 What happens to a layer ``k`` (see :mod:`sparsejax.metrics` for when a unit is dead):
 
@@ -116,8 +119,9 @@ def remove_dead_units(
 
     Raises:
       ValueError: for an unsupported model or input (see :func:`sparsejax.model_report`), a
-        non-chain model whose coupled groups cannot be cut (naming the operation), or, with
-        ``check_outputs``, outputs that changed by more than 1e-4 of their largest magnitude
+        non-chain model whose coupled groups cannot be cut (naming the operation; also when
+        the cut model's forward pass fails, an operation of its code using a static size), or,
+        with ``check_outputs``, outputs that changed by more than 1e-4 of their largest magnitude
         (an operation between layers mixes units).
 
     >>> import jax.numpy as jnp
@@ -136,6 +140,7 @@ def remove_dead_units(
     network = _tracing.trace(model, example_input, variables)
     if not network.sequential:
         small, reference, candidate = _cut_coupled(model, example_input, variables, network)
+        _check_runs(model, candidate, jnp.asarray(example_input))
         if check_outputs:
             _check_same_outputs(reference, candidate, jnp.asarray(example_input))
         return small
@@ -150,6 +155,7 @@ def remove_dead_units(
         apply_fn = getattr(model, "apply_fn", runner.apply_fn)
         small = ShrunkenLinenModel(apply_fn, _shrink_variables(runner.variables, cuts), cuts)
         reference, candidate = runner, small
+    _check_runs(model, candidate, jnp.asarray(example_input))
     if check_outputs:
         _check_same_outputs(reference, candidate, jnp.asarray(example_input))
     return small
@@ -246,6 +252,20 @@ def _nnx_eval(model: Any) -> Any:
     clone = nnx.clone(model)
     clone.eval()
     return clone
+
+
+def _check_runs(model: Any, candidate: Callable, x: jax.Array) -> None:
+    """Refuses a cut model whose forward pass no longer traces: an operation of the model's
+    code uses a static size (a reshape, a constant array) that surgery cannot update."""
+    try:
+        jax.eval_shape(lambda x: candidate(x), x)
+    except (TypeError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"model {type(model).__name__} cannot be cut: after removing its dead units "
+            f"its forward pass fails ({first}): an operation of the model's code "
+            "depends on a static size that surgery cannot update"
+        ) from error
 
 
 def _check_same_outputs(reference: Callable, candidate: Callable, x: jax.Array) -> None:

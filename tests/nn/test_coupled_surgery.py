@@ -535,3 +535,134 @@ def test_random_sparse_residual_nets_leave_no_dead_unit_and_keep_their_outputs(s
     for j in range(w["b"].shape[1]):
         assert w["b"][:, j].any() and w["b2"][j].any(), f"inner unit {j} is dead"
     assert model_report(small, x).effective_maccs == report.effective_maccs  # a fixpoint
+
+
+# ------------------------------------------------------------------- zero-pad ("option A")
+
+
+class PadShortcut(nnx.Module):
+    """stem (1 -> 2 channels: stream A), a block c1 (2 -> 3, stride 2: internal channels) and
+    c2 (3 -> 4: stream B) whose shortcut subsamples stream A and zero-pads it by one channel
+    on each side (stream B channels 0 and 3 are padding, 1 and 2 are stream A's 0 and 1)."""
+
+    def __init__(self, rngs):
+        self.stem = nnx.Conv(1, 2, (3, 3), rngs=rngs)
+        self.c1 = nnx.Conv(2, 3, (3, 3), strides=2, rngs=rngs)
+        self.c2 = nnx.Conv(3, 4, (3, 3), rngs=rngs)
+        self.fc = nnx.Linear(4, 3, rngs=rngs)
+        self.extra = 2  # a static width of the model's code, as in BasicBlock
+
+    def __call__(self, x):
+        h = jax.nn.relu(self.stem(x))
+        shortcut = h[:, ::2, ::2, :]
+        half = self.extra // 2
+        shortcut = jnp.pad(shortcut, ((0, 0), (0, 0), (0, 0), (half, self.extra - half)))
+        y = jax.nn.relu(self.c2(jax.nn.relu(self.c1(h))) + shortcut)
+        return self.fc(y.mean(axis=(1, 2)))
+
+
+@pytest.fixture
+def pad_shortcut():
+    model = PadShortcut(nnx.Rngs(0))
+    _zero(model.fc, "kernel", (0, slice(None)))  # stream B channel 0 (padding): unread
+    _zero(model.c2, "kernel", (..., 0))  # ... and unwritten
+    _zero(model.c1, "kernel", (..., 1, slice(None)))  # stream A channel 1 (= B channel 2)
+    _zero(model.fc, "kernel", (2, slice(None)))
+    _zero(model.c2, "kernel", (..., 2, slice(None)))  # internal channel 2: unread
+    return model
+
+
+def test_zero_pad_channels_are_kept_naming_pad(pad_shortcut):
+    verdicts = dead_groups(pad_shortcut, jnp.ones((2, 6, 6, 1)))
+    padded = _verdict(verdicts, "c2/kernel", 3, 0)
+    assert not padded.dead and padded.reason.startswith("kept:") and "pad" in padded.reason
+    assert {(m.path, m.axis, m.indices) for m in padded.group.members} >= {
+        ("c2/kernel", 3, (0,)),
+        ("fc/kernel", 0, (0,)),
+    }
+    # A passed-through channel keeps its identity: stream A channel 1 is stream B channel 2.
+    through = _verdict(verdicts, "stem/kernel", 3, 1)
+    assert ("c2/kernel", 3, (2,)) in {(m.path, m.axis, m.indices) for m in through.group.members}
+    assert through.dead and through.reason == "unread"
+    assert _verdict(verdicts, "c1/kernel", 3, 2).reason == "unread"
+    assert [_verdict(verdicts, "c1/kernel", 3, j).dead for j in range(3)] == [False, False, True]
+    # the other padding channel (3) is live; stream A channel 0 too
+    assert _verdict(verdicts, "c2/kernel", 3, 3).reason == "live"
+    assert _verdict(verdicts, "stem/kernel", 3, 0).reason == "live"
+
+
+def test_zero_pad_shortcut_report_and_surgery(pad_shortcut):
+    x = jax.random.normal(jax.random.key(4), (2, 6, 6, 1))
+    report = model_report(pad_shortcut, x)
+    # Kept: stream A {0} (6 x 6), internal {0, 1} (3 x 3, stride 2), stream B {0, 1, 3}.
+    stem, c1, c2, fc = 9 * 1 * 1 * 36, 9 * 1 * 2 * 9, 9 * 2 * 3 * 9, 3 * 3
+    assert [row.effective_maccs for row in report.layers] == [stem, c1, c2, fc]
+    assert report.effective_maccs == stem + c1 + c2 + fc
+    kept = (9 * 1 + 1) + (9 * 1 * 2 + 2) + (9 * 2 * 3 + 3) + (3 * 3 + 3)
+    assert report.effective_params == kept
+    small = remove_dead_units(pad_shortcut, x)
+    assert small.stem.kernel.shape == (3, 3, 1, 1) and small.c1.kernel.shape == (3, 3, 1, 2)
+    assert small.c2.kernel.shape == (3, 3, 2, 3) and small.fc.kernel.shape == (3, 3)
+    np.testing.assert_array_equal(
+        small.fc.kernel[...], np.asarray(pad_shortcut.fc.kernel[...])[[0, 1, 3]]
+    )
+    assert _params(small) == kept
+    _assert_same_outputs(small, pad_shortcut, x, jax.random.normal(jax.random.key(5), (3, 6, 6, 1)))
+    again = model_report(small, x)
+    assert again.dense_maccs == report.effective_maccs == again.effective_maccs
+
+
+def test_a_static_size_surgery_cannot_update_is_refused_not_crashed():
+    class StaticOffset(nnx.Module):
+        def __init__(self, rngs):
+            self.a = nnx.Linear(3, 4, rngs=rngs)
+            self.b = nnx.Linear(4, 2, rngs=rngs)
+            self.offset = np.arange(4.0, dtype=np.float32)  # a constant of the model's code
+
+        def __call__(self, x):
+            return self.b(jax.nn.relu(self.a(x) + self.offset))
+
+    model = StaticOffset(nnx.Rngs(0))
+    _zero(model.b, "kernel", (1, slice(None)))
+    with pytest.raises(ValueError, match=r"cannot be cut.*forward pass fails.*broadcasting"):
+        remove_dead_units(model, jnp.ones((2, 3)))
+
+
+def test_resnet20_with_zero_pad_shortcuts_is_cut_exactly():
+    from experiments import methods, training
+    from experiments.models import create_model, default_constrained_layers
+
+    x = jax.random.normal(jax.random.key(6), (2, 8, 8, 1))
+    split = training.split_model(create_model("resnet20", input_shape=(8, 8, 1), seed=0))
+    groups = methods.removable_coupled_groups(split, x, default_constrained_layers("resnet20"))
+
+    def holds(group, path, index):
+        return any(m.path == path and m.axis == 3 and index in m.indices for m in group.members)
+
+    # Stage 2 pads 16 channels to 32 (8 on each side), stage 3 pads 32 to 64 (16 each side):
+    # those stream channels are padding in a shortcut and cannot be removed, nor the stage 3
+    # channels that stage 2's padding passes into (16 + [0, 8) and 16 + [24, 32)); the
+    # stage 1 channels passed through (stage 2's [8, 24), stage 3's [24, 40)) and every conv1
+    # output can.
+    stage2, stage3 = "stages/1/0/conv2/kernel", "stages/2/0/conv2/kernel"
+    for path, width, lo in ((stage2, 32, 8), (stage3, 64, 24)):
+        for channel in range(width):
+            padding = channel < lo or channel >= width - lo
+            assert any(holds(g, path, channel) for g in groups) != padding, (path, channel)
+    for stage, width in enumerate((16, 32, 64)):
+        for j in range(width):
+            assert any(holds(g, f"stages/{stage}/1/conv1/kernel", j) for g in groups)
+    # Zero every other removable group, and every weight of a padded stream channel too.
+    model = training.merge_model(split.eval_graph, split.params, split.rest)
+    (padding,) = [g for g in sparsejax.coupled_groups(model, x) if holds(g, stage2, 0)]
+    chosen = [*groups[::2], padding]
+    zeroed = sparsejax.transforms.project_coupled_tree(split.params, 0.0, chosen)
+    model = training.merge_model(split.eval_graph, zeroed, split.rest)
+    verdicts = dead_groups(model, x)
+    padded = _verdict(verdicts, stage2, 3, 0)
+    assert not padded.dead and "pad" in padded.reason
+    report = model_report(model, x)
+    small = remove_dead_units(model, x)
+    _assert_same_outputs(small, model, x, jax.random.normal(jax.random.key(7), (3, 8, 8, 1)))
+    assert model_report(small, x).dense_maccs == report.effective_maccs < report.dense_maccs
+    assert _params(small) == report.effective_params
