@@ -79,15 +79,9 @@ def worker(devices: int, steps: int, out: str) -> None:
 
 def _train(tx, batches, replicated):
     import jax
-    import optax
-    from train_step import init_params, loss_fn
+    from train_step import init_params, jitted_step
 
-    @jax.jit
-    def step(params, state, x, y):
-        grads = jax.grad(loss_fn)(params, x, y)
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
+    step = jitted_step(tx)
     params = jax.device_put(init_params(jax.random.key(0)), replicated)
     carry = (params, jax.device_put(tx.init(params), replicated))
     hlo = step.lower(*carry, *batches[0]).compile().as_text()

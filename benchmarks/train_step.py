@@ -59,8 +59,9 @@ def loss_fn(params, x, y):
     return optax.softmax_cross_entropy_with_integer_labels(h, y).mean()
 
 
-def compiled_step(tx, params, batches):
-    """Returns a jitted step and its warmed-up carry (compiled, thresholds warm)."""
+def jitted_step(tx):
+    """One jitted training step of the MLP with ``tx``: ``(params, state, x, y) -> (params,
+    state)``."""
 
     @jax.jit
     def train_step(params, state, x, y):
@@ -68,6 +69,12 @@ def compiled_step(tx, params, batches):
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
+    return train_step
+
+
+def compiled_step(tx, params, batches):
+    """Returns a jitted step and its warmed-up carry (compiled, thresholds warm)."""
+    train_step = jitted_step(tx)
     carry = (params, tx.init(params))
     for x, y in batches[:3]:
         carry = train_step(*carry, x, y)
