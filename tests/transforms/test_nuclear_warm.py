@@ -106,14 +106,19 @@ def test_warm_path_equals_the_full_svd_projection_over_a_sequence(dtype, atol):
             assert np.linalg.matrix_rank(np.asarray(p["kernel"]), 1e-4) <= RANK
 
 
-def test_fallback_when_the_rank_grows_past_k():
+def _run_with_a_dense_kick(scale, seed):
+    """Four drift steps whose third gradient gets a dense Gaussian perturbation of ``scale``."""
     params, grads = drift_steps(jnp.float32, steps=4)
+    rng = np.random.default_rng(seed)
+    grads[2] = {"kernel": grads[2]["kernel"] + scale * jnp.asarray(rng.standard_normal((M, N)))}
+    tx = optax.chain(optax.sgd(1e-2), sparsejax.project_nuclear(6.0, warm_rank=K))
+    return run(tx, params, grads)
+
+
+def test_fallback_when_the_rank_grows_past_k():
     # Step 3 adds a dense perturbation far above the threshold: the projection's rank jumps
     # past k, the certificate fails and the full SVD must give the exact answer.
-    rng = np.random.default_rng(5)
-    grads[2] = {"kernel": grads[2]["kernel"] + 30.0 * jnp.asarray(rng.standard_normal((M, N)))}
-    tx = optax.chain(optax.sgd(1e-2), sparsejax.project_nuclear(6.0, warm_rank=K))
-    out = run(tx, params, grads)
+    out = _run_with_a_dense_kick(30.0, seed=5)
     assert [bool(inner_of(s).certified) for _, _, s in out] == [False, True, False, False]
     rank = np.linalg.matrix_rank(np.asarray(out[2][0]["kernel"]), 1e-5)
     assert rank > K
@@ -126,11 +131,7 @@ def test_fallback_when_the_rank_grows_past_k():
 def test_fallback_when_the_certificate_fails_with_the_rank_below_k():
     # A dense perturbation of spectral norm below the threshold keeps the rank at 3, but its
     # Frobenius norm (what the certificate can bound cheaply) is above it: full SVD.
-    params, grads = drift_steps(jnp.float32, steps=4)
-    rng = np.random.default_rng(6)
-    grads[2] = {"kernel": grads[2]["kernel"] + 0.08 * jnp.asarray(rng.standard_normal((M, N)))}
-    tx = optax.chain(optax.sgd(1e-2), sparsejax.project_nuclear(6.0, warm_rank=K))
-    out = run(tx, params, grads)
+    out = _run_with_a_dense_kick(0.08, seed=6)
     s = np.linalg.svd(np.asarray(out[2][1]["kernel"], np.float64), compute_uv=False)
     theta = np_theta(s, 6.0)
     assert s[RANK] < theta < np.sqrt(np.sum(s[RANK:] ** 2))
