@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -266,12 +267,15 @@ def test_resume_after_a_kill(tmp_path, devices):
     process.wait()
     finished = _checkpointed_epochs(killed_dir)
     assert 2 <= finished < epochs
+    left = {root: sorted(names) for root, names, _ in os.walk(killed_dir)}
 
     loud = [arg for arg in command if arg != "--quiet"]  # per-epoch lines and notices
     resumed = subprocess.run(
         [*loud, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, check=True
     )
-    assert f"resumed after epoch {finished}/{epochs}" in resumed.stdout
+    # Everything the resumed run printed, and what the killed one left, if this ever fails.
+    found = re.findall(r"resumed after epoch \d+/\d+", resumed.stdout)
+    assert found == [f"resumed after epoch {finished}/{epochs}"], (resumed.stdout, left)
     with open(killed_dir / "result.json") as handle:
         history = json.load(handle)["results"][0]["history"]["dense"]
     assert [epoch["epoch"] for epoch in history] == list(range(1, epochs + 1))
