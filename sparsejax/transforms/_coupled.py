@@ -19,7 +19,12 @@ import numpy as np
 import optax
 
 from sparsejax import projections, prox
-from sparsejax.transforms._selection import check_radius, is_floating, path_string
+from sparsejax.transforms._selection import (
+    check_every_k_steps,
+    check_radius,
+    is_floating,
+    path_string,
+)
 
 __all__ = [
     "CoupledProjectionState",
@@ -231,7 +236,7 @@ def prox_coupled_tree(params, lam, groups, *, penalty="l1", step=1.0, side="inpu
 
 
 def project_coupled(
-    radius, groups, *, ball: str = "l21", side: str = "inputs"
+    radius, groups, *, ball: str = "l21", side: str = "inputs", every_k_steps: int = 1
 ) -> optax.GradientTransformation:
     r"""Projection-gradient step onto a structured ball over coupled groups.
 
@@ -247,14 +252,16 @@ def project_coupled(
         whatever its other weights; these sets never overlap. ``"all"``: every weight the group
         touches (a kernel entry belongs to its input and its output unit, so groups of
         consecutive layers overlap and are refused).
+      every_k_steps: project on every k-th update only (on the updates with
+        ``(count + 1) % every_k_steps == 0``); the others pass through unchanged.
 
     Returns:
       An ``optax.GradientTransformation`` whose state is :class:`CoupledProjectionState`.
 
     Raises:
       ValueError: a ``radius`` that is not one finite number ``>= 0`` (a list, a string, a
-        negative or NaN value) or an unknown ``ball`` (at build), groups that do not fit the
-        params (at init).
+        negative or NaN value), an unknown ``ball`` or an ``every_k_steps`` below 1 (at
+        build), groups that do not fit the params (at init).
 
     Example:
       >>> import jax.numpy as jnp, optax
@@ -271,6 +278,7 @@ def project_coupled(
         raise ValueError(f"ball must be one of {sorted(_BALLS)}, got ball={ball!r}")
     check_radius(radius, "radius")
     _check_side(side)
+    check_every_k_steps(every_k_steps)
     groups = tuple(groups)
 
     def init_fn(params):
@@ -280,12 +288,22 @@ def project_coupled(
     def update_fn(updates, state, params=None):
         if params is None:
             raise ValueError("project_coupled needs params in update(updates, state, params)")
-        new = optax.apply_updates(params, updates)
-        projected = project_coupled_tree(new, radius, groups, ball=ball, side=side)
-        # int/bool leaves are in no group: their updates pass through unchanged
-        out = jax.tree_util.tree_map(
-            lambda a, b, u: a - b if is_floating(b) else u, projected, params, updates
-        )
+
+        def project(updates):
+            new = optax.apply_updates(params, updates)
+            projected = project_coupled_tree(new, radius, groups, ball=ball, side=side)
+            # int/bool leaves are in no group: their updates pass through unchanged
+            return jax.tree_util.tree_map(
+                lambda a, b, u: a - b if is_floating(b) else u, projected, params, updates
+            )
+
+        if isinstance(every_k_steps, (int, np.integer)) and every_k_steps == 1:
+            out = project(updates)  # no lax.cond: it would carry every leaf through both sides
+        else:
+            due = (state.count + 1) % every_k_steps == 0
+            # Both branches must give the updates' dtypes.
+            like = lambda u: jax.tree_util.tree_map(lambda o, x: o.astype(x.dtype), project(u), u)
+            out = jax.lax.cond(due, like, lambda u: u, updates)
         return out, CoupledProjectionState(state.count + 1)
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -2,16 +2,55 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import numpy as np
 import optax
 
 from sparsejax.transforms import _constraints as constraints
 from sparsejax.transforms import _selection as selection
+from sparsejax.transforms._coupled import project_coupled
 from sparsejax.transforms._projection import _projection
 
 # 64 triplets: enough for the low-rank layers the nuclear ball is used for, and a warm step of
 # a 1024 x 1024 kernel is then a few thin products against a full SVD.
 _DEFAULT_WARM_RANK = 64
+
+
+def _on_groups_or_leaves(constraint, ball, eta, groups, **options) -> optax.GradientTransformation:
+    """The projection over coupled ``groups`` when given, else the per-leaf one."""
+    if groups is None:
+        return _projection(constraint, eta, **options)
+    defaults = {"where": None, "group_axis": None, "global_budget": False}
+    for name, default in defaults.items():
+        if options[name] is not default and options[name] != default:
+            raise ValueError(
+                f"groups= names the weights and forms one ball: leave {name} unset, got "
+                f"{name}={options[name]!r}"
+            )
+    if isinstance(eta, Mapping):
+        raise ValueError(f"groups= takes one radius eta (a number), got eta={eta!r}")
+    selection.check_radius(eta, "eta")
+    _check_groups(groups)
+    return project_coupled(eta, groups, ball=ball, every_k_steps=options["every_k_steps"])
+
+
+def _check_groups(groups: Any) -> None:
+    if isinstance(groups, (str, bytes)) or not isinstance(groups, Sequence):
+        raise ValueError(
+            f"groups must be the list of sparsejax.coupled_groups(model, x), got groups={groups!r}"
+        )
+    strange = [g for g in groups if not (hasattr(g, "members") and hasattr(g, "removable"))]
+    if strange:
+        raise ValueError(
+            "groups must hold the CoupledGroup entries of sparsejax.coupled_groups(model, x), "
+            f"got {strange[0]!r}"
+        )
+    if not any(g.removable for g in groups):
+        raise ValueError(
+            f"groups holds no removable coupled group ({len(groups)} groups): nothing to project"
+        )
 
 
 def project_l1(
@@ -74,6 +113,7 @@ def project_l21(
     group_axis: int | str | None = None,
     every_k_steps: int = 1,
     global_budget: bool = False,
+    groups: Sequence[Any] | None = None,
 ) -> optax.GradientTransformation:
     r"""Projects each selected leaf onto the l2,1 (group lasso) ball (PGL21, Alg. 2).
 
@@ -90,13 +130,19 @@ def project_l21(
         units/filters) or an axis index (the same words as the prox ``group=``).
       every_k_steps: project on every k-th update only.
       global_budget: one ball for the groups of all selected leaves together.
+      groups: coupled unit groups (:func:`sparsejax.coupled_groups`): one ball over the
+        groups, a group's measure taken over its weights in every layer it spans (residual
+        channels, attention heads), so that a zero group is removable; ``where``,
+        ``group_axis`` and ``global_budget`` then stay unset and ``eta`` is one number (as
+        :func:`sparsejax.transforms.project_coupled`).
 
     Returns:
       An ``optax.GradientTransformation`` to place last in a chain.
 
     Raises:
       ValueError: as :func:`project_l1`; also a bad ``group_axis`` or a selected leaf with
-        fewer than two dimensions.
+        fewer than two dimensions; ``groups`` that are not coupled groups, hold no removable
+        one, or come with ``where``, ``group_axis``, ``global_budget`` or a mapping ``eta``.
 
     >>> import jax.numpy as jnp, optax, sparsejax
     >>> params = {"kernel": jnp.array([[3.0, 4.0], [0.3, 0.4]])}
@@ -107,9 +153,11 @@ def project_l21(
 
     Reference: Guyard & Barlaud (2020), Alg. 2 (with l2 group norms, see DESIGN.md).
     """
-    return _projection(
+    return _on_groups_or_leaves(
         constraints._L21(),
+        "l21",
         eta,
+        groups,
         where=where,
         group_axis=group_axis,
         every_k_steps=every_k_steps,
@@ -124,6 +172,7 @@ def project_l11(
     group_axis: int | str | None = None,
     every_k_steps: int = 1,
     global_budget: bool = False,
+    groups: Sequence[Any] | None = None,
 ) -> optax.GradientTransformation:
     r"""Applies the bi-level l1,1 projection to each selected leaf (PGL11, Alg. 3).
 
@@ -143,6 +192,11 @@ def project_l11(
       group_axis: ``None``/``"input"``, ``"output"`` or an axis index.
       every_k_steps: project on every k-th update only.
       global_budget: one outer budget for the groups of all selected leaves together.
+      groups: coupled unit groups (:func:`sparsejax.coupled_groups`): one ball over the
+        groups, a group's measure taken over its weights in every layer it spans (residual
+        channels, attention heads), so that a zero group is removable; ``where``,
+        ``group_axis`` and ``global_budget`` then stay unset and ``eta`` is one number (as
+        :func:`sparsejax.transforms.project_coupled`).
 
     Returns:
       An ``optax.GradientTransformation`` to place last in a chain.
@@ -161,9 +215,11 @@ def project_l11(
 
     Reference: Guyard & Barlaud (2020), Alg. 3.
     """
-    return _projection(
+    return _on_groups_or_leaves(
         constraints._L11(),
+        "l11",
         eta,
+        groups,
         where=where,
         group_axis=group_axis,
         every_k_steps=every_k_steps,
@@ -178,6 +234,7 @@ def project_bilevel_l1inf(
     group_axis: int | str | None = None,
     every_k_steps: int = 1,
     global_budget: bool = False,
+    groups: Sequence[Any] | None = None,
 ) -> optax.GradientTransformation:
     r"""Applies the bi-level l1,inf operator to each selected leaf.
 
@@ -195,6 +252,11 @@ def project_bilevel_l1inf(
       group_axis: ``None``/``"input"``, ``"output"`` or an axis index.
       every_k_steps: project on every k-th update only.
       global_budget: one outer budget for the groups of all selected leaves together.
+      groups: coupled unit groups (:func:`sparsejax.coupled_groups`): one ball over the
+        groups, a group's measure taken over its weights in every layer it spans (residual
+        channels, attention heads), so that a zero group is removable; ``where``,
+        ``group_axis`` and ``global_budget`` then stay unset and ``eta`` is one number (as
+        :func:`sparsejax.transforms.project_coupled`).
 
     Returns:
       An ``optax.GradientTransformation`` to place last in a chain.
@@ -211,9 +273,11 @@ def project_bilevel_l1inf(
 
     Reference: the bi-level l1,inf of the same authors' later work (see DESIGN.md).
     """
-    return _projection(
+    return _on_groups_or_leaves(
         constraints._BiLevelL1Inf(),
+        "bilevel_l1inf",
         eta,
+        groups,
         where=where,
         group_axis=group_axis,
         every_k_steps=every_k_steps,
@@ -228,6 +292,7 @@ def project_l1inf(
     group_axis: int | str | None = None,
     every_k_steps: int = 1,
     global_budget: bool = False,
+    groups: Sequence[Any] | None = None,
 ) -> optax.GradientTransformation:
     r"""Projects each selected leaf onto the l1,inf ball (exact Euclidean projection).
 
@@ -242,6 +307,11 @@ def project_l1inf(
       every_k_steps: project on every k-th update only.
       global_budget: one ball for the groups of all selected leaves together (groups of
         different sizes are zero-padded, which does not change the projection).
+      groups: coupled unit groups (:func:`sparsejax.coupled_groups`): one ball over the
+        groups, a group's measure taken over its weights in every layer it spans (residual
+        channels, attention heads), so that a zero group is removable; ``where``,
+        ``group_axis`` and ``global_budget`` then stay unset and ``eta`` is one number (as
+        :func:`sparsejax.transforms.project_coupled`).
 
     Returns:
       An ``optax.GradientTransformation`` to place last in a chain.
@@ -259,9 +329,11 @@ def project_l1inf(
 
     Reference: the l1,inf projection of the same authors' later work (see DESIGN.md).
     """
-    return _projection(
+    return _on_groups_or_leaves(
         constraints._ExactL1Inf(),
+        "l1inf",
         eta,
+        groups,
         where=where,
         group_axis=group_axis,
         every_k_steps=every_k_steps,

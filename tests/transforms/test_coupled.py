@@ -2,6 +2,7 @@
 
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +10,7 @@ import optax
 import pytest
 from flax import nnx
 
+import sparsejax
 from sparsejax.nn import CoupledGroup, GroupMember, coupled_groups
 from sparsejax.transforms._coupled import (
     coupled_rows,
@@ -212,3 +214,118 @@ def test_int_and_bool_leaves_never_go_through_floats():
         project_coupled_tree(
             params, 1.0, [CoupledGroup((GroupMember("step", 0, (0,), True),), True)]
         )
+
+
+# ------------------------------------------- the project_* factories with groups= (issue 12)
+
+
+def _l1_ball_numpy(v, radius):
+    """Euclidean projection onto the l1 ball by sorting (Duchi et al.), in float64."""
+    a = np.abs(v)
+    if a.sum() <= radius:
+        return v.copy()
+    if radius <= 0:
+        return np.zeros_like(v)
+    u = np.sort(a)[::-1]
+    cumulative = np.cumsum(u) - radius
+    k = np.nonzero(u > cumulative / np.arange(1, len(u) + 1))[0][-1]
+    return np.sign(v) * np.maximum(a - cumulative[k] / (k + 1), 0)
+
+
+def _reference_l11(vectors, radius):
+    # Bi-level l1,1 (Guyard & Barlaud, Alg. 3) of the concatenated groups: the group l1 norms
+    # onto the l1 ball, then each group onto the l1 ball of its share.
+    shares = _l1_ball_numpy(np.array([np.abs(v).sum() for v in vectors]), radius)
+    return [_l1_ball_numpy(v, t) for v, t in zip(vectors, shares, strict=True)]
+
+
+def _group_vectors(params, groups):
+    leaves, marks = _numpy_groups(params, groups)
+    return [
+        np.concatenate([leaves[p][m] for p, m in mk.items()]).astype(np.float64) for mk in marks
+    ]
+
+
+@pytest.mark.parametrize(
+    ("factory", "reference"),
+    [(sparsejax.project_l21, _reference_l21), (sparsejax.project_l11, _reference_l11)],
+)
+def test_factories_with_groups_match_numpy_reference(factory, reference):
+    params, groups = _setup()
+    radius = 1.2
+    tx = optax.chain(optax.sgd(0.0), factory(radius, groups=groups))
+    updates, _ = jax.jit(tx.update)(params, tx.init(params), params)
+    got = _group_vectors(optax.apply_updates(params, updates), groups)
+    expected = reference(_group_vectors(params, groups), radius)
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_allclose(g, e, atol=1e-5)
+    assert any(not np.any(e) for e in expected)  # whole coupled groups vanish
+
+
+@pytest.mark.parametrize(
+    ("factory", "ball"),
+    [
+        (sparsejax.project_l21, "l21"),
+        (sparsejax.project_l11, "l11"),
+        (sparsejax.project_l1inf, "l1inf"),
+        (sparsejax.project_bilevel_l1inf, "bilevel_l1inf"),
+    ],
+)
+def test_factories_with_groups_are_project_coupled(factory, ball):
+    params, groups = _setup()
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    ours = optax.chain(optax.adam(0.1), factory(0.7, groups=groups))
+    theirs = optax.chain(optax.adam(0.1), project_coupled(0.7, groups, ball=ball))
+    u1, _ = ours.update(grads, ours.init(params), params)
+    u2, _ = theirs.update(grads, theirs.init(params), params)
+    chex.assert_trees_all_close(u1, u2, atol=0)
+
+
+def test_groups_every_k_steps_projects_only_on_the_kth_update():
+    params, groups = _setup()
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    tx = sparsejax.project_l21(0.5, groups=groups, every_k_steps=2)
+    traces = []
+    step = jax.jit(lambda u, s, p: (traces.append(1), tx.update(u, s, p))[1])
+    state = tx.init(params)
+    first, state = step(grads, state, params)
+    chex.assert_trees_all_equal(first, grads)  # the first update passes through
+    second, state = step(grads, state, params)
+    rows = np.asarray(coupled_rows(optax.apply_updates(params, second), groups))
+    assert np.linalg.norm(rows, axis=1).sum() == pytest.approx(0.5, rel=1e-4)
+    assert len(traces) == 1 and int(state.count) == 2  # no recompilation
+
+
+def test_groups_radius_can_be_scheduled():
+    params, groups = _setup()
+    zero = jax.tree_util.tree_map(jnp.zeros_like, params)
+    tx = optax.inject_hyperparams(sparsejax.project_l11)(
+        eta=optax.linear_schedule(1.0, 0.5, 1), groups=groups
+    )
+    step = jax.jit(tx.update)
+    state = tx.init(params)
+    for radius in (1.0, 0.5):
+        updates, state = step(zero, state, params)
+        rows = np.asarray(coupled_rows(optax.apply_updates(params, updates), groups))
+        assert np.abs(rows).sum() == pytest.approx(radius, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"where": "kernel"}, "where='kernel'"),
+        ({"group_axis": 0}, "group_axis=0"),
+        ({"global_budget": True}, "global_budget=True"),
+        ({"eta": {"a": 1.0}}, "eta="),
+        ({"groups": "coupled"}, "groups='coupled'"),
+        ({"groups": [1, 2]}, "got 1"),
+        ({"groups": [CoupledGroup((GroupMember("w", 0, (0,), True),), False)]}, "no removable"),
+        ({"eta": -1.0}, "eta=-1.0"),
+        ({"every_k_steps": 0}, "every_k_steps"),
+    ],
+)
+def test_factories_with_groups_refuse_bad_arguments_at_build(kwargs, match):
+    arguments = {"eta": 1.0, "groups": _TWO_ROWS, **kwargs}
+    for factory in (sparsejax.project_l21, sparsejax.project_l11, sparsejax.project_l1inf):
+        with pytest.raises(ValueError, match=re.escape(match)):
+            factory(**arguments)
