@@ -11,7 +11,7 @@ by construction.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from sparsejax import projections, prox
+from sparsejax.transforms import _constraints as constraints
 from sparsejax.transforms._selection import (
     check_every_k_steps,
     check_radius,
@@ -42,14 +43,28 @@ _BALLS = {
 }
 
 
+# The same constraints as the per-leaf projections, with their warm starts: the padded
+# (groups, max_len) matrix is projected as one leaf whose groups are its rows.
+_CONSTRAINTS = {
+    "l21": constraints._L21,
+    "l11": constraints._L11,
+    "l1inf": constraints._ExactL1Inf,
+    "bilevel_l1inf": constraints._BiLevelL1Inf,
+}
+
+
 class CoupledProjectionState(NamedTuple):
     """State of :func:`project_coupled`.
 
     Attributes:
       count: number of updates done.
+      thresholds: the last projection's thresholds (the outer l1 threshold of the group
+        measures, and for ``"l11"``/``"l1inf"`` one inner threshold or cap per group), the
+        next projection's warm start; zeros before the first.
     """
 
     count: jax.Array
+    thresholds: Any
 
 
 def _check_side(side) -> None:
@@ -172,20 +187,27 @@ def project_coupled_tree(params, radius, groups, *, ball: str = "l21", side: str
 
 def _map_rows(params, groups, side, fn):
     """Gathers the groups' rows, applies ``fn`` to the padded matrix, scatters them back."""
+    return _map_rows_carrying(params, groups, side, lambda rows: (fn(rows), None))[0]
+
+
+def _map_rows_carrying(params, groups, side, fn):
+    """As :func:`_map_rows` with ``fn(rows) -> (rows, extra)``; returns ``(tree, extra)``."""
     index, treedef, shapes, total = _layout(params, groups, side)
     leaves = jax.tree_util.tree_leaves(params)
     flat = _concatenated(leaves)
-    flat = flat.at[index].set(fn(flat[index]))[:total]
+    rows, extra = fn(flat[index])
+    flat = flat.at[index].set(rows)[:total]
     floating = [is_floating(x) for x in leaves]
     sizes = np.cumsum([int(np.prod(s)) if f else 0 for s, f in zip(shapes, floating)])[:-1]
     parts = jnp.split(flat, sizes)
-    return jax.tree_util.tree_unflatten(
+    tree = jax.tree_util.tree_unflatten(
         treedef,
         [
             p.reshape(s).astype(x.dtype) if f else x
             for p, s, x, f in zip(parts, shapes, leaves, floating, strict=True)
         ],
     )
+    return tree, extra
 
 
 _PROX = {
@@ -281,29 +303,52 @@ def project_coupled(
     check_every_k_steps(every_k_steps)
     groups = tuple(groups)
 
+    constraint = _CONSTRAINTS[ball]()
+
+    def rows_leaf(params, radius):
+        index, _, _, _ = _layout(params, groups, side)  # validates the groups
+        dtype = _concatenated(jax.tree_util.tree_leaves(params)).dtype
+        return constraints._Leaf(0, "coupled", index.shape, 0, radius, dtype)
+
     def init_fn(params):
-        _layout(params, groups, side)  # validates the groups against the params
-        return CoupledProjectionState(jnp.zeros((), jnp.int32))
+        leaf = rows_leaf(params, radius)
+        warm = (jnp.zeros((), leaf.dtype), constraint.init_inner(leaf))
+        return CoupledProjectionState(jnp.zeros((), jnp.int32), warm)
 
     def update_fn(updates, state, params=None):
         if params is None:
             raise ValueError("project_coupled needs params in update(updates, state, params)")
 
-        def project(updates):
+        leaf = rows_leaf(params, radius)
+
+        def project_rows(rows, warm):
+            outs, warm = constraints._project(constraint, [rows], [leaf], {"coupled": warm}, None)
+            return outs[0], warm["coupled"]
+
+        def project(updates, warm):
             new = optax.apply_updates(params, updates)
-            projected = project_coupled_tree(new, radius, groups, ball=ball, side=side)
+            projected, warm = _map_rows_carrying(
+                new, groups, side, lambda rows: project_rows(rows, warm)
+            )
             # int/bool leaves are in no group: their updates pass through unchanged
-            return jax.tree_util.tree_map(
+            out = jax.tree_util.tree_map(
                 lambda a, b, u: a - b if is_floating(b) else u, projected, params, updates
             )
+            return out, warm
 
         if isinstance(every_k_steps, (int, np.integer)) and every_k_steps == 1:
-            out = project(updates)  # no lax.cond: it would carry every leaf through both sides
+            # No lax.cond: it would carry every leaf through both branches.
+            out, warm = project(updates, state.thresholds)
         else:
+
+            def due_branch(updates, warm):  # both branches must give the updates' dtypes
+                out, warm = project(updates, warm)
+                return jax.tree_util.tree_map(lambda o, u: o.astype(u.dtype), out, updates), warm
+
             due = (state.count + 1) % every_k_steps == 0
-            # Both branches must give the updates' dtypes.
-            like = lambda u: jax.tree_util.tree_map(lambda o, x: o.astype(x.dtype), project(u), u)
-            out = jax.lax.cond(due, like, lambda u: u, updates)
-        return out, CoupledProjectionState(state.count + 1)
+            out, warm = jax.lax.cond(
+                due, due_branch, lambda u, w: (u, w), updates, state.thresholds
+            )
+        return out, CoupledProjectionState(state.count + 1, warm)
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -329,3 +329,36 @@ def test_factories_with_groups_refuse_bad_arguments_at_build(kwargs, match):
     for factory in (sparsejax.project_l21, sparsejax.project_l11, sparsejax.project_l1inf):
         with pytest.raises(ValueError, match=re.escape(match)):
             factory(**arguments)
+
+
+@pytest.mark.parametrize("ball", ["l21", "l11", "l1inf", "bilevel_l1inf"])
+def test_warm_started_steps_equal_cold_projections(ball):
+    # The state carries the last thresholds into the next projection; every step must still
+    # land on the exact (cold, stateless) projection of the Adam iterate.
+    params, groups = _setup()
+    adam = optax.adam(0.05)
+    tx = project_coupled(0.6, groups, ball=ball)
+    traces = []
+
+    @jax.jit
+    def step(params, adam_state, state, grads):
+        traces.append(1)
+        updates, adam_state = adam.update(grads, adam_state, params)
+        projected, state = tx.update(updates, state, params)
+        cold = project_coupled_tree(optax.apply_updates(params, updates), 0.6, groups, ball=ball)
+        return optax.apply_updates(params, projected), cold, adam_state, state
+
+    adam_state, state = adam.init(params), tx.init(params)
+    assert not np.any(np.asarray(state.thresholds[0]))  # cold before the first step
+    key = jax.random.key(0)
+    for _ in range(6):
+        key, sub = jax.random.split(key)
+        leaves, treedef = jax.tree_util.tree_flatten(params)
+        keys = jax.random.split(sub, len(leaves))
+        grads = treedef.unflatten(
+            [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+        )
+        params, cold, adam_state, state = step(params, adam_state, state, grads)
+        chex.assert_trees_all_close(params, cold, atol=1e-5)
+        assert float(state.thresholds[0]) > 0  # the outer threshold is kept for the next step
+    assert len(traces) == 1
