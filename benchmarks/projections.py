@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -170,6 +171,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", metavar="PATH", help="write the raw figures here")
     args = parser.parse_args()
+    load_before = os.getloadavg()
     key = jax.random.key(0)
     rows = []
     for shape in SHAPES:
@@ -177,15 +179,25 @@ def main():
             key, sub = jax.random.split(key)
             rows.append(run_case(shape, fraction, args.repeats, sub))
     others = run_others(args.repeats, key)
+    load_after = os.getloadavg()
     device = jax.devices()[0]
     print(f"jax {jax.__version__}, optax {optax.__version__}, {device.platform} ({device}),")
-    print(f"{platform.processor() or platform.machine()}; ms per call, median of {args.repeats}")
+    print(f"{platform.processor() or platform.machine()}; ms per call, median of {args.repeats};")
+    print(f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    if load_before[0] > 0.5:
+        print("WARNING: load average above 0.5 at the start; something else was running")
     print()
     print(markdown(rows))
     print()
     print(markdown_others(others))
     if args.json:
-        figures = {"device": str(device), "repeats": args.repeats, "rows": rows, "others": others}
+        figures = {
+            "device": str(device),
+            "repeats": args.repeats,
+            "load_average": {"before": load_before[0], "after": load_after[0]},
+            "rows": rows,
+            "others": others,
+        }
         with open(args.json, "w") as file:
             json.dump(figures, file, indent=1)
 
