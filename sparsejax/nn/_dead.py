@@ -235,7 +235,9 @@ def _refuse_layers(network: _tracing.Network) -> None:
     if len(set(paths)) != len(paths):
         raise ValueError("a layer is called more than once (shared weights)")
     for layer in network.layers:
-        if layer.unsupported:
+        # A grouped/depthwise conv is understood here (its groups are coupled groups), not by
+        # the chain analysis.
+        if layer.unsupported and layer.unsupported != "grouped convolution":
             raise ValueError(f"{layer.name} is a {layer.unsupported}")
         if layer.call.input_index is not None:
             raise ValueError(f"{layer.name} gathers its inputs (a chain surgery's output)")
@@ -444,8 +446,8 @@ def dead_groups(model: Any, example_input: Any, variables: Any = None) -> tuple[
       :func:`sparsejax.coupled_groups`.
 
     Raises:
-      ValueError: a primitive the analysis does not understand, a grouped or masked
-        convolution, a layer called twice (each named), or bad arguments.
+      ValueError: a primitive the analysis does not understand, a masked convolution, a
+        layer called twice (each named), or bad arguments.
 
     Example:
       >>> import jax, jax.numpy as jnp

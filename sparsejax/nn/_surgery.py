@@ -21,9 +21,10 @@ group (:func:`sparsejax.nn.dead_groups`) is sliced out of every parameter it tou
 rows and columns, biases, BatchNorm scale, bias and statistics; the query/key/value/output
 slices of a dead ``nnx.MultiHeadAttention`` head), the constants of zero-written groups are
 folded into the biases of the layers that read them, and ``in_features``, ``out_features``,
-``kernel_shape``, ``num_features`` and ``num_heads`` follow the smaller arrays. Models whose
-coupled groups cannot be analysed (a primitive the analysis does not know, a grouped
-convolution, a layer called twice) are refused with a ``ValueError`` naming it; so is a cut
+``kernel_shape``, ``num_features``, ``num_heads`` and a grouped conv's ``feature_group_count``
+(its groups go whole: a conv group's channels are one coupled group) follow the smaller arrays.
+Models whose coupled groups cannot be analysed (a primitive the analysis does not know, a
+masked convolution, a layer called twice) are refused with a ``ValueError`` naming it; so is a cut
 model whose forward pass no longer runs (an operation of its code uses a static size that
 surgery cannot update). Units tied to the entries a ``pad`` adds along a unit axis (a zero-pad
 ResNet shortcut) are kept for that reason; the channels it passes through can go.
@@ -224,13 +225,24 @@ def _shrink_nnx_coupled(model: Any, plan: _dead.CoupledPlan) -> Any:
         if isinstance(node, nnx.Linear):
             node.in_features, node.out_features = node.kernel.shape
         elif isinstance(node, nnx.Conv):
-            node.in_features, node.out_features = node.kernel.shape[-2:]
-            node.kernel_shape = tuple(node.kernel.shape)
+            _resize_conv(node)
         elif isinstance(node, nnx.BatchNorm):
             node.num_features = int(node.mean.shape[0])
         elif isinstance(node, nnx.MultiHeadAttention):
             _resize_attention(node)
     return small
+
+
+def _resize_conv(node: Any) -> None:
+    """A conv's sizes from its kernel; a grouped conv has lost whole groups (its groups are
+    coupled groups), so each kept group has its former number of channels."""
+    per_group_inputs, outputs = node.kernel.shape[-2:]
+    groups = node.feature_group_count
+    if groups > 1:
+        groups = outputs // (node.out_features // groups)
+        node.feature_group_count = groups
+    node.in_features, node.out_features = per_group_inputs * groups, outputs
+    node.kernel_shape = tuple(node.kernel.shape)
 
 
 def _resize_attention(node: Any) -> None:
@@ -419,7 +431,11 @@ class ShrunkenLinenModel:
             if index is not None:
                 inputs = inputs[..., jnp.asarray(index, jnp.int32)]
             features = _lookup(variables, ("params", *path, "kernel")).shape[-1]
-            with _attributes_set_to(context.module, features=features):
+            sizes = {"features": features}
+            groups = getattr(context.module, "feature_group_count", 1)
+            if groups > 1:  # whole groups were cut: each kept one has its former width
+                sizes["feature_group_count"] = features // (context.module.features // groups)
+            with _attributes_set_to(context.module, **sizes):
                 return next_fun(inputs, *rest, **kwargs)
 
         return interceptor

@@ -119,10 +119,10 @@ class Layer:
     def unsupported(self) -> str | None:
         """Why units cannot be cut out of this layer, or None."""
         module = self.call.module
-        if self.kind == "conv" and getattr(module, "feature_group_count", 1) != 1:
-            return "grouped convolution"
         if self.kind == "conv" and getattr(module, "mask", None) is not None:
             return "masked convolution"
+        if self.kind == "conv" and getattr(module, "feature_group_count", 1) != 1:
+            return "grouped convolution"  # understood by the coupled analysis only
         return None
 
     @property

@@ -313,9 +313,9 @@ def test_softmax_over_features_and_attention_products_keep_zero_units():
 
 
 class DepthwiseResidual(nnx.Module):
-    def __init__(self, rngs):
+    def __init__(self, rngs, mask=None):
         self.stem = nnx.Conv(1, 4, (3, 3), rngs=rngs)
-        self.dw = nnx.Conv(4, 4, (3, 3), feature_group_count=4, rngs=rngs)
+        self.dw = nnx.Conv(4, 4, (3, 3), feature_group_count=4, mask=mask, rngs=rngs)
         self.fc = nnx.Linear(4, 2, rngs=rngs)
 
     def __call__(self, x):
@@ -325,13 +325,13 @@ class DepthwiseResidual(nnx.Module):
 
 def test_models_that_cannot_be_cut_are_refused_naming_the_operation():
     x = jnp.ones((1, 5, 5, 1))
-    model = DepthwiseResidual(nnx.Rngs(0))
-    with pytest.raises(ValueError, match=r"cannot be cut.*dw is a grouped convolution"):
+    model = DepthwiseResidual(nnx.Rngs(0), mask=jnp.ones((3, 3, 1, 4)).at[0, 0].set(0))
+    with pytest.raises(ValueError, match=r"cannot be cut.*dw is a masked convolution"):
         remove_dead_units(model, x)
-    with pytest.raises(ValueError, match="grouped convolution"):
+    with pytest.raises(ValueError, match="masked convolution"):
         dead_groups(model, x)
     report = model_report(model, x)  # the report falls back to per-layer counts, and says why
-    assert "not sequential" in report.note and "grouped convolution" in report.note
+    assert "not sequential" in report.note and "masked convolution" in report.note
 
     class Shared(nnx.Module):
         def __init__(self, rngs):
@@ -342,6 +342,101 @@ def test_models_that_cannot_be_cut_are_refused_naming_the_operation():
 
     with pytest.raises(ValueError, match="called more than once"):
         remove_dead_units(Shared(nnx.Rngs(0)), jnp.ones((2, 3)))
+
+
+# ------------------------------------------------------------------ grouped / depthwise conv
+
+
+def test_depthwise_residual_channel_is_cut_in_every_layer():
+    # The residual add ties stem channel c, depthwise channel c and fc input c: one group.
+    x = jax.random.normal(jax.random.key(1), (2, 5, 5, 1))
+    model = DepthwiseResidual(nnx.Rngs(0))
+    model.fc.kernel[...] = model.fc.kernel[...].at[2].set(0.0)
+    verdicts = dead_groups(model, x)
+    assert [v.reason for v in verdicts if v.dead] == ["unread"]
+    report = model_report(model, x)
+    rows = {layer.name: layer for layer in report.layers}
+    positions = 5 * 5  # SAME padding
+    assert rows["stem"].effective_maccs == 9 * 1 * 3 * positions
+    assert rows["dw"].dense_maccs == 9 * 1 * 4 * positions  # kh*kw*(Cin/groups)*Cout*H*W
+    assert rows["dw"].effective_maccs == 9 * 1 * 3 * positions
+    assert rows["fc"].effective_maccs == 3 * 2
+    small = remove_dead_units(model, x)
+    assert small.dw.feature_group_count == 3 and small.dw.in_features == 3
+    assert small.stem.kernel.shape == (3, 3, 1, 3) and small.dw.kernel.shape == (3, 3, 1, 3)
+    assert small.fc.kernel.shape == (3, 2)
+    kept = np.array([0, 1, 3])
+    np.testing.assert_array_equal(small.dw.kernel[...], model.dw.kernel[...][..., kept])
+    np.testing.assert_allclose(small(x), model(x), atol=1e-5)
+    assert model_report(small, x).effective_maccs == report.effective_maccs
+
+
+def test_depthwise_channel_with_no_writer_is_a_folded_constant():
+    x = jax.random.normal(jax.random.key(1), (2, 5, 5, 1))
+    model = DepthwiseResidual(nnx.Rngs(0))
+    model.stem.kernel[...] = model.stem.kernel[...].at[..., 1].set(0.0)
+    model.dw.kernel[...] = model.dw.kernel[...].at[..., 1].set(0.0)
+    model.dw.bias[...] = model.dw.bias[...].at[1].set(0.3)  # a nonzero constant to fold
+    assert [v.reason for v in dead_groups(model, x) if v.dead] == ["constant"]
+    small = remove_dead_units(model, x)
+    assert small.dw.feature_group_count == 3
+    np.testing.assert_allclose(small(x), model(x), atol=1e-5)
+
+
+class GroupedConvNet(nnx.Module):
+    def __init__(self, rngs):
+        self.a = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+        self.b = nnx.Conv(4, 6, (3, 3), feature_group_count=2, rngs=rngs)  # 2 in, 3 out a group
+        self.c = nnx.Conv(6, 2, (1, 1), rngs=rngs)
+        self.fc = nnx.Linear(2, 2, rngs=rngs)
+
+    def __call__(self, x):
+        h = jax.nn.relu(self.b(jax.nn.relu(self.a(x))))
+        return self.fc(jax.nn.relu(self.c(h)).mean(axis=(1, 2)))
+
+
+class LinenGroupedConvNet(linen.Module):
+    @linen.compact
+    def __call__(self, x):
+        h = jax.nn.relu(linen.Conv(4, (3, 3), name="a")(x))
+        h = jax.nn.relu(linen.Conv(6, (3, 3), feature_group_count=2, name="b")(h))
+        h = jax.nn.relu(linen.Conv(2, (1, 1), name="c")(h))
+        return linen.Dense(2, name="fc")(h.mean(axis=(1, 2)))
+
+
+def test_a_group_of_a_grouped_conv_goes_whole():
+    # Conv group 1 of b joins a's channels 2-3 and b's channels 3-5: one coupled group.
+    x = jax.random.normal(jax.random.key(2), (2, 6, 6, 1))
+    model = GroupedConvNet(nnx.Rngs(0))
+    groups = sparsejax.coupled_groups(model, x)
+    spans = {
+        (m.path, m.indices) for g in groups for m in g.members if m.path in ("a/kernel", "b/kernel")
+    }
+    assert ("a/kernel", (2, 3)) in spans and ("b/kernel", (3, 4, 5)) in spans
+    model.c.kernel[...] = model.c.kernel[...].at[:, :, 3:].set(0.0)
+    report = model_report(model, x)
+    rows = {layer.name: layer.effective_maccs for layer in report.layers}
+    positions = 6 * 6
+    assert rows == {
+        "a": 9 * 1 * 2 * positions,
+        "b": 9 * 2 * 3 * positions,
+        "c": 1 * 3 * 2 * positions,
+        "fc": 2 * 2,
+    }
+    small = remove_dead_units(model, x)
+    assert small.b.feature_group_count == 1 and small.b.kernel.shape == (3, 3, 2, 3)
+    assert small.a.kernel.shape == (3, 3, 1, 2) and small.c.kernel.shape == (1, 1, 3, 2)
+    np.testing.assert_allclose(small(x), model(x), atol=1e-5)
+
+    linen_model = LinenGroupedConvNet()
+    variables = linen_model.init(jax.random.key(0), x)
+    params = jax.tree_util.tree_map(np.asarray, variables["params"])
+    params["c"]["kernel"] = params["c"]["kernel"].copy()
+    params["c"]["kernel"][:, :, 3:] = 0.0
+    variables = {"params": params}
+    small = remove_dead_units(linen_model, x, variables)
+    assert small.variables["params"]["b"]["kernel"].shape == (3, 3, 2, 3)
+    np.testing.assert_allclose(small(x), linen_model.apply(variables, x), atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------- Linen
