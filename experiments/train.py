@@ -42,6 +42,7 @@ import os
 import platform
 import re
 import shlex
+import subprocess
 import sys
 import tempfile
 import time
@@ -610,7 +611,29 @@ def package_versions() -> dict:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
+    versions["sparsejax_commit"] = source_commit()
     return versions
+
+
+def source_commit() -> str | None:
+    """The git commit of the code that ran (``+dirty`` when tracked Python files or
+    pyproject.toml differ from it), or None outside a git checkout: a figure is tied to the
+    code that produced it."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(
+            ["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", repo, "diff", "--quiet", "HEAD", "--", "*.py", "pyproject.toml"],
+            capture_output=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.returncode == 1 else "")
 
 
 def _load_data(args) -> tuple[training.TrainData, dict]:

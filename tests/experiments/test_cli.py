@@ -38,6 +38,11 @@ def test_result_json_records_the_run(tiny_run):
     assert result["command"].startswith("python -m experiments.train --dataset digits")
     assert result["seed"] == 0 and result["wall_time_s"] > 0
     assert result["versions"]["jax"] == jax.__version__
+    head = subprocess.run(["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:  # a git checkout: the figures name the code that made them
+        assert result["versions"]["sparsejax_commit"].split("+")[0] == head.stdout.strip()
+    else:
+        assert result["versions"]["sparsejax_commit"] is None
     assert result["dataset"]["train_examples"] == 256 and result["dataset"]["test_examples"] == 120
     assert result["model"] == {
         "name": "lenet300_100",
