@@ -235,9 +235,7 @@ def _refuse_layers(network: _tracing.Network) -> None:
     if len(set(paths)) != len(paths):
         raise ValueError("a layer is called more than once (shared weights)")
     for layer in network.layers:
-        # A grouped/depthwise conv is understood here (its groups are coupled groups), not by
-        # the chain analysis.
-        if layer.unsupported and layer.unsupported != "grouped convolution":
+        if layer.unsupported:
             raise ValueError(f"{layer.name} is a {layer.unsupported}")
         if layer.call.input_index is not None:
             raise ValueError(f"{layer.name} gathers its inputs (a chain surgery's output)")

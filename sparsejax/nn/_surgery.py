@@ -233,14 +233,17 @@ def _shrink_nnx_coupled(model: Any, plan: _dead.CoupledPlan) -> Any:
     return small
 
 
+def _kept_groups(groups: int, outputs: int, kept_outputs: int) -> int:
+    """A grouped conv's group count after a cut: surgery removes whole groups (a conv group's
+    channels are one coupled group), so each kept group has its former number of outputs."""
+    return groups if groups == 1 else kept_outputs // (outputs // groups)
+
+
 def _resize_conv(node: Any) -> None:
-    """A conv's sizes from its kernel; a grouped conv has lost whole groups (its groups are
-    coupled groups), so each kept group has its former number of channels."""
+    """A conv's sizes from its (smaller) kernel."""
     per_group_inputs, outputs = node.kernel.shape[-2:]
-    groups = node.feature_group_count
-    if groups > 1:
-        groups = outputs // (node.out_features // groups)
-        node.feature_group_count = groups
+    groups = _kept_groups(node.feature_group_count, node.out_features, outputs)
+    node.feature_group_count = groups
     node.in_features, node.out_features = per_group_inputs * groups, outputs
     node.kernel_shape = tuple(node.kernel.shape)
 
@@ -433,8 +436,10 @@ class ShrunkenLinenModel:
             features = _lookup(variables, ("params", *path, "kernel")).shape[-1]
             sizes = {"features": features}
             groups = getattr(context.module, "feature_group_count", 1)
-            if groups > 1:  # whole groups were cut: each kept one has its former width
-                sizes["feature_group_count"] = features // (context.module.features // groups)
+            if groups > 1:
+                sizes["feature_group_count"] = _kept_groups(
+                    groups, context.module.features, features
+                )
             with _attributes_set_to(context.module, **sizes):
                 return next_fun(inputs, *rest, **kwargs)
 

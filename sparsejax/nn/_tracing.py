@@ -117,13 +117,16 @@ class Layer:
 
     @property
     def unsupported(self) -> str | None:
-        """Why units cannot be cut out of this layer, or None."""
-        module = self.call.module
-        if self.kind == "conv" and getattr(module, "mask", None) is not None:
+        """Why units cannot be cut out of this layer by any analysis, or None."""
+        if self.kind == "conv" and getattr(self.call.module, "mask", None) is not None:
             return "masked convolution"
-        if self.kind == "conv" and getattr(module, "feature_group_count", 1) != 1:
-            return "grouped convolution"  # understood by the coupled analysis only
         return None
+
+    @property
+    def grouped(self) -> bool:
+        """A grouped/depthwise conv: cut by the coupled analysis (a conv group's channels
+        are one coupled group), not by the chain analysis."""
+        return self.kind == "conv" and getattr(self.call.module, "feature_group_count", 1) != 1
 
     @property
     def folds_constants(self) -> bool:
@@ -236,6 +239,8 @@ def _chain_problem(runner: Any, x: jax.Array, calls: list[Call], network: Networ
     for layer in layers:
         if layer.unsupported:
             return f"{layer.name} is a {layer.unsupported}"
+        if layer.grouped:
+            return f"{layer.name} is a grouped convolution"
     for previous, layer in itertools.pairwise(layers):
         inputs, outputs = layer.source_width, previous.num_outputs
         # (a layer cut down to no output unit feeds one without inputs: 0 maps onto 0)

@@ -23,6 +23,7 @@ from sparsejax.transforms import _constraints as constraints
 from sparsejax.transforms._selection import (
     check_every_k_steps,
     check_radius,
+    every_k,
     is_floating,
     path_string,
 )
@@ -145,11 +146,16 @@ def coupled_rows(params, groups, *, side: str = "inputs") -> jax.Array:
     return _concatenated(jax.tree_util.tree_leaves(params))[index]
 
 
+def _floating_dtype(leaves):
+    """The dtype of the concatenation of the floating-point leaves."""
+    floats = [x for x in leaves if is_floating(x)]
+    return jnp.result_type(*floats) if floats else jnp.float32
+
+
 def _concatenated(leaves) -> jax.Array:
     """The floating-point leaves, raveled and concatenated, then one zero (the padding)."""
     floats = [jnp.ravel(x) for x in leaves if is_floating(x)]
-    dtype = jnp.result_type(*floats) if floats else jnp.float32
-    return jnp.concatenate([*floats, jnp.zeros((1,), dtype)])
+    return jnp.concatenate([*floats, jnp.zeros((1,), _floating_dtype(leaves))])
 
 
 def project_coupled_tree(params, radius, groups, *, ball: str = "l21", side: str = "inputs"):
@@ -305,13 +311,12 @@ def project_coupled(
 
     constraint = _CONSTRAINTS[ball]()
 
-    def rows_leaf(params, radius):
-        index, _, _, _ = _layout(params, groups, side)  # validates the groups
-        dtype = _concatenated(jax.tree_util.tree_leaves(params)).dtype
-        return constraints._Leaf(0, "coupled", index.shape, 0, radius, dtype)
+    def rows_leaf(shape, dtype):
+        return constraints._Leaf(0, "coupled", shape, 0, radius, dtype)
 
     def init_fn(params):
-        leaf = rows_leaf(params, radius)
+        index, _, _, _ = _layout(params, groups, side)  # validates the groups
+        leaf = rows_leaf(index.shape, _floating_dtype(jax.tree_util.tree_leaves(params)))
         warm = (jnp.zeros((), leaf.dtype), constraint.init_inner(leaf))
         return CoupledProjectionState(jnp.zeros((), jnp.int32), warm)
 
@@ -319,9 +324,8 @@ def project_coupled(
         if params is None:
             raise ValueError("project_coupled needs params in update(updates, state, params)")
 
-        leaf = rows_leaf(params, radius)
-
         def project_rows(rows, warm):
+            leaf = rows_leaf(rows.shape, rows.dtype)
             outs, warm = constraints._project(constraint, [rows], [leaf], {"coupled": warm}, None)
             return outs[0], warm["coupled"]
 
@@ -336,19 +340,19 @@ def project_coupled(
             )
             return out, warm
 
-        if isinstance(every_k_steps, (int, np.integer)) and every_k_steps == 1:
-            # No lax.cond: it would carry every leaf through both branches.
-            out, warm = project(updates, state.thresholds)
-        else:
+        def project_as_updates(updates, warm):  # the skip branch's dtypes, for lax.cond
+            out, warm = project(updates, warm)
+            return jax.tree_util.tree_map(lambda o, u: o.astype(u.dtype), out, updates), warm
 
-            def due_branch(updates, warm):  # both branches must give the updates' dtypes
-                out, warm = project(updates, warm)
-                return jax.tree_util.tree_map(lambda o, u: o.astype(u.dtype), out, updates), warm
-
-            due = (state.count + 1) % every_k_steps == 0
-            out, warm = jax.lax.cond(
-                due, due_branch, lambda u, w: (u, w), updates, state.thresholds
-            )
+        one = isinstance(every_k_steps, (int, np.integer)) and every_k_steps == 1
+        out, warm = every_k(
+            every_k_steps,
+            state.count,
+            project if one else project_as_updates,
+            lambda u, w: (u, w),
+            updates,
+            state.thresholds,
+        )
         return out, CoupledProjectionState(state.count + 1, warm)
 
     return optax.GradientTransformation(init_fn, update_fn)

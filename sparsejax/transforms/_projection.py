@@ -215,13 +215,9 @@ def _projection(
         def skip(warm):
             return [flat_updates[leaf.index] for leaf in leaves], warm
 
-        if isinstance(every_k_steps, (int, np.integer)) and every_k_steps == 1:
-            # No lax.cond when k is a Python 1 (inject_hyperparams may trace it): a cond
-            # would carry (and copy) every selected leaf through both branches.
-            selected, warm = project(state.thresholds)
-        else:
-            due = (state.count + 1) % every_k_steps == 0
-            selected, warm = jax.lax.cond(due, project, skip, state.thresholds)
+        selected, warm = selection.every_k(
+            every_k_steps, state.count, project, skip, state.thresholds
+        )
         flat_new = list(flat_updates)
         for leaf, u in zip(leaves, selected):
             flat_new[leaf.index] = u

@@ -204,6 +204,16 @@ def check_budget(budget: Any, name: str) -> None:
         check_radius(budget, name)
 
 
+def every_k(every_k_steps: Any, count: jax.Array, project, skip, *operands):
+    """``project(*operands)`` on the updates with ``(count + 1) % every_k_steps == 0``, else
+    ``skip(*operands)`` (both give the same structure and dtypes). No ``lax.cond`` when
+    ``every_k_steps`` is a Python 1 (``inject_hyperparams`` may trace it): a cond would carry,
+    and copy, every operand through both branches."""
+    if isinstance(every_k_steps, (int, np.integer)) and every_k_steps == 1:
+        return project(*operands)
+    return jax.lax.cond((count + 1) % every_k_steps == 0, project, skip, *operands)
+
+
 def check_every_k_steps(every_k_steps: Any) -> None:
     """Raises ``ValueError`` unless ``every_k_steps`` is an integer >= 1 (traced: accepted)."""
     if isinstance(every_k_steps, jax.core.Tracer):
