@@ -95,6 +95,8 @@ class _NnxModel:
             if isinstance(node, nnx.Module)
         ]
         self._paths = {id(node): path for path, node in modules}
+        self._modules = dict(modules)
+        self._aliases: dict[int, Any] = {}  # id(module of a merged copy) -> our module
         self.kinds = ((nnx.Linear, "dense"), (nnx.Conv, "conv"), (nnx.BatchNorm, "norm"))
         # Subclasses that define their own __call__ (a user's, or surgery's input-selecting
         # layers) are wrapped too, so that the hook sees the input before any gather.
@@ -109,8 +111,37 @@ class _NnxModel:
     def __call__(self, x: jax.Array) -> Any:
         return self.model(x)
 
+    def pure(self) -> tuple[Callable[[Any, jax.Array], Any], Any]:
+        """``(fn, tree)``: ``fn(tree, x)`` is the forward pass with the variables as arguments.
+
+        Compile this, not a closure over the model: XLA:CPU (jax 0.10) miscompiles programs
+        whose all-zero kernels are constants (a conv by a zero kernel followed by a reduction
+        reads uninitialised memory), and zero kernels are what sparsified models have. While
+        ``fn`` runs, a hook's modules (those of the merged copy) resolve through :meth:`own`.
+        """
+        nnx = self._nnx
+        graphdef, state = nnx.split(self.model)
+
+        def fn(tree: Any, x: jax.Array) -> Any:
+            merged = nnx.merge(graphdef, tree)
+            self._aliases = {
+                id(node): self._modules[tuple(path)]
+                for path, node in nnx.iter_graph(merged)
+                if isinstance(node, nnx.Module)
+            }
+            try:
+                return merged(x)
+            finally:  # ids of freed copies must not alias later objects
+                self._aliases = {}
+
+        return fn, state
+
+    def own(self, module: Any) -> Any:
+        """Our module for a module of the copy that :meth:`pure`'s ``fn`` is running."""
+        return self._aliases.get(id(module), module)
+
     def path(self, module: Any) -> Path:
-        return self._paths[id(module)]
+        return self._paths[id(self.own(module))]
 
     def input_index(self, module: Any) -> np.ndarray | None:
         index = getattr(module, "input_index", None)
@@ -144,6 +175,13 @@ class _LinenModel:
 
     def __call__(self, x: jax.Array) -> Any:
         return self.apply_fn(self.variables, x)
+
+    def pure(self) -> tuple[Callable[[Any, jax.Array], Any], Any]:
+        """``(fn, tree)``: ``fn(tree, x)`` is ``apply_fn(tree, x)`` (see ``_NnxModel.pure``)."""
+        return (lambda tree, x: self.apply_fn(tree, x)), self.variables
+
+    def own(self, module: Any) -> Any:
+        return module
 
     def path(self, module: Any) -> Path:
         return tuple(module.scope.path)

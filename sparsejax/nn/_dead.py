@@ -198,12 +198,8 @@ class CoupledPlan:
 def _pure_forward(runner: Any):
     """``(fn, tree, prefix)``: ``fn(tree, x)`` is the runner's (evaluation-mode) forward pass,
     ``prefix`` what the tree's leaf names put before a layer's path (Linen's ``params/``)."""
-    if isinstance(runner, _calls._NnxModel):
-        from flax import nnx
-
-        graphdef, state = nnx.split(runner.model)
-        return (lambda tree, x: nnx.merge(graphdef, tree)(x)), state, ""
-    return (lambda tree, x: runner.apply_fn(tree, x)), runner.variables, "params/"
+    fn, tree = runner.pure()
+    return fn, tree, ("" if isinstance(runner, _calls._NnxModel) else "params/")
 
 
 def _owners(network: _tracing.Network, attentions: list[AttentionCall]) -> dict[str, str]:

@@ -283,10 +283,19 @@ def _check_runs(model: Any, candidate: Callable, x: jax.Array) -> None:
         ) from error
 
 
-def _check_same_outputs(reference: Callable, candidate: Callable, x: jax.Array) -> None:
-    # One compiled program each is much cheaper than op-by-op dispatch of a conv net.
-    expected = jax.tree_util.tree_leaves(jax.jit(lambda x: reference(x))(x))
-    found = jax.tree_util.tree_leaves(jax.jit(lambda x: candidate(x))(x))
+def _compiled_outputs(model: Any, x: jax.Array) -> list[jax.Array]:
+    """``model(x)``'s leaves from one compiled program (much cheaper than op-by-op dispatch of
+    a conv net) that takes the weights as arguments: see ``_calls._NnxModel.pure``."""
+    runner = model
+    if not isinstance(model, (_calls._NnxModel, _calls._LinenModel)):
+        runner = _calls.wrap_model(model, None)
+    fn, tree = runner.pure()
+    return jax.tree_util.tree_leaves(jax.jit(fn)(tree, x))
+
+
+def _check_same_outputs(reference: Any, candidate: Any, x: jax.Array) -> None:
+    expected = _compiled_outputs(reference, x)
+    found = _compiled_outputs(candidate, x)
     scale = max((float(jnp.max(jnp.abs(y))) for y in expected), default=0.0)
     error = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(expected, found))
     if not error <= _OUTPUT_RTOL * max(scale, 1.0):

@@ -204,13 +204,15 @@ def trace(model: Any, example_input: Any, variables: Any = None) -> Network:
 def _observe(runner: Any, x: jax.Array) -> tuple[list[Call], list, list]:
     """One jitted run recording the calls and the range of each layer's input units."""
     calls: list[Call] = []
+    forward, tree = runner.pure()
 
-    def run(x):
+    def run(tree, x):
         calls.clear()
         ranges = []
 
         def hook(kind, module, inputs, call_next):
             outputs = call_next(inputs)
+            module = runner.own(module)
             index = runner.input_index(module)
             path = runner.path(module)
             call = Call(kind, path, module, inputs.shape, outputs.shape, index, outputs.dtype)
@@ -221,10 +223,10 @@ def _observe(runner: Any, x: jax.Array) -> tuple[list[Call], list, list]:
             return outputs
 
         with runner.intercept(hook):
-            runner(x)
+            forward(tree, x)
         return ranges
 
-    ranges = jax.device_get(jax.jit(run)(x))
+    ranges = jax.device_get(jax.jit(run)(tree, x))
     lows = [np.asarray(low, np.float64) for low, _ in ranges]
     highs = [np.asarray(high, np.float64) for _, high in ranges]
     return calls, lows, highs

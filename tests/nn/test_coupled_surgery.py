@@ -761,3 +761,23 @@ def test_resnet20_with_zero_pad_shortcuts_is_cut_exactly():
     _assert_same_outputs(small, model, x, jax.random.normal(jax.random.key(7), (3, 8, 8, 1)))
     assert model_report(small, x).dense_maccs == report.effective_maccs < report.dense_maccs
     assert _params(small) == report.effective_params
+
+
+def test_zero_kernels_are_not_compiled_as_constants():
+    # XLA:CPU (jax 0.10) reads uninitialised memory for a 7x7x64 conv by an all-zero constant
+    # kernel followed by a reduction (ResNet-20's last stage and its global pool): closing over
+    # the weights, the output check saw garbage and refused a correct cut. Weights are now
+    # arguments of every program that sparsejax.nn compiles.
+    from experiments.models import create_model
+
+    x = jax.random.normal(jax.random.key(1), (4, 28, 28, 1))
+    model = create_model("resnet20", input_shape=(28, 28, 1), seed=0)
+    model.eval()
+    for block in model.stages[2]:
+        _set(block.conv2, "kernel", np.zeros(block.conv2.kernel.shape))
+    report = model_report(model, x)
+    small = remove_dead_units(model, x)
+    _assert_same_outputs(small, model, x)
+    # Each last-stage block's conv1 and bn1 (its 64 internal channels) go, conv2 reads none.
+    assert all(block.conv1.kernel.shape[-1] == 0 for block in small.stages[2])
+    assert model_report(small, x).dense_maccs == report.effective_maccs
