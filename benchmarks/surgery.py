@@ -7,20 +7,23 @@ and attention models (``--model resnet20``, ``vit_tiny``) get their coupled grou
 (``sparsejax.coupled_groups``, those surgery can remove: residual channels, block channels,
 attention heads, MLP units) zeroed, the ``--prune`` fraction of them with the smallest root
 mean square weight.
-The weights are not trained: only the sparsity structure matters for the timing.
+These weights are not trained: only the sparsity structure matters for the timing. With
+``--checkpoint``, the model is instead the trained one that ``experiments.train`` saved in a
+phase checkpoint (an orbax step directory of its workdir, e.g. the last epoch of a retraining).
 ``sparsejax.remove_dead_units`` then builds the smaller dense model. Both forward passes are
 jitted with their parameters as arguments and timed in the same run, interleaved, on the same
 inputs; each figure is the median over ``--repeats`` calls (``block_until_ready``) after a
 warm-up call.
 
     python benchmarks/surgery.py [--model lfc4] [--eta 40] [--prune 0.75] [--repeats 200]
-        [--json PATH]
+        [--checkpoint WORKDIR/SEED/METHOD/PHASE/checkpoints/EPOCH] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -30,6 +33,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -68,6 +72,30 @@ def sparsified_coupled(name: str, prune: float, example: jax.Array) -> nnx.Modul
     return training.merge_model(split.eval_graph, params, split.rest)
 
 
+def trained_model(name: str, step: Path) -> nnx.Module:
+    """``name`` with the parameters and batch statistics of an ``experiments.train`` phase
+    checkpoint (``step``: one orbax step directory), in evaluation mode."""
+    split = training.split_model(create_model(name, input_shape=(28, 28, 1), seed=0))
+    stored = ocp.PyTreeCheckpointer().restore(str((step / "state").resolve()))
+
+    def into(template, saved):
+        found = {
+            sparsejax.path_string(path): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(saved)[0]
+        }
+
+        def leaf(path, like):
+            value = found[sparsejax.path_string(path)]
+            if jnp.issubdtype(like.dtype, jax.dtypes.prng_key):  # stored as key data
+                return jax.random.wrap_key_data(value)
+            return jnp.asarray(value, like.dtype)
+
+        return jax.tree_util.tree_map_with_path(leaf, template)
+
+    params, rest = into(split.params, stored["params"]), into(split.rest, stored["rest"])
+    return training.merge_model(split.eval_graph, params, rest)
+
+
 def jitted_forward(model: nnx.Module):
     graphdef, state = nnx.split(model)
     forward = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
@@ -94,12 +122,18 @@ def main() -> None:
     parser.add_argument(
         "--prune", type=float, default=0.75, help="resnet20, vit_tiny: fraction of groups zeroed"
     )
+    parser.add_argument(
+        "--checkpoint", type=Path, help="time the trained model of this phase checkpoint step"
+    )
     parser.add_argument("--repeats", type=int, default=200, help="timed calls per figure")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
 
     example = jax.random.uniform(jax.random.key(0), (8, 28, 28, 1))
-    if args.model == "lfc4":
+    if args.checkpoint is not None:
+        model = trained_model(args.model, args.checkpoint)
+        print(f"{args.model}, trained: {args.checkpoint}")
+    elif args.model == "lfc4":
         model = sparsified_lfc4(args.eta)
         print(f"LFC4, l1,1 projection eta={args.eta:g} of the initial weights (all kernels but "
               "the last)")  # fmt: skip
@@ -120,7 +154,8 @@ def main() -> None:
     )
     print(
         f"jax {jax.__version__} on {platform.processor() or platform.machine()}, "
-        f"{jax.devices()[0].platform}; median of {args.repeats} interleaved calls"
+        f"{jax.devices()[0].platform}; median of {args.repeats} interleaved calls; "
+        f"load average {os.getloadavg()[0]:.2f} before timing"
     )
     print()
     print("| batch | sparse model (ms) | after surgery (ms) | speed-up | effective-MACC ratio |")
@@ -151,12 +186,14 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "model": args.model,
-            "eta": args.eta if args.model == "lfc4" else None,
-            "prune": args.prune if args.model != "lfc4" else None,
+            "eta": args.eta if args.model == "lfc4" and not args.checkpoint else None,
+            "prune": args.prune if args.model != "lfc4" and not args.checkpoint else None,
             "rows": rows,
             "kernels": shapes,
             "jax": jax.__version__,
             "report": report.to_dict(),
+            "checkpoint": None if args.checkpoint is None else str(args.checkpoint),
+            "load_average_1min": os.getloadavg()[0],
             "command": " ".join(sys.argv),
         }
         args.json.write_text(json.dumps(payload, indent=2))
