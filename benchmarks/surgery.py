@@ -152,10 +152,11 @@ def main() -> None:
         f"ratio {report.effective_maccs / report.dense_maccs:.2%}; "
         f"sparsity {report.sparsity:.2%}"
     )
+    load_before = os.getloadavg()[0]
     print(
         f"jax {jax.__version__} on {platform.processor() or platform.machine()}, "
         f"{jax.devices()[0].platform}; median of {args.repeats} interleaved calls; "
-        f"load average {os.getloadavg()[0]:.2f} before timing"
+        f"load average {load_before:.2f} before timing"
     )
     print()
     print("| batch | sparse model (ms) | after surgery (ms) | speed-up | effective-MACC ratio |")
@@ -193,7 +194,7 @@ def main() -> None:
             "jax": jax.__version__,
             "report": report.to_dict(),
             "checkpoint": None if args.checkpoint is None else str(args.checkpoint),
-            "load_average_1min": os.getloadavg()[0],
+            "load_average": {"before": load_before, "after": os.getloadavg()[0]},
             "command": " ".join(sys.argv),
         }
         args.json.write_text(json.dumps(payload, indent=2))

@@ -6,7 +6,8 @@ beside Guyard & Barlaud's tables.
 
 Rows of the same configuration are aggregated over seeds however the seeds were run (one
 ``--seeds`` file, or one file per ``--seed``): a configuration is a method label (a sparsity
-matched per seed reads ``matched``) and the run's arguments other than the seed, the
+matched per seed reads ``matched to`` the projection it was matched to, the first of its file,
+so runs matched to different radii stay apart) and the run's arguments other than the seed, the
 checkpoint and output paths and the method list; a (configuration, seed) seen in several files
 (a shared Adam baseline) counts once. Each figure is the mean ± the sample standard deviation
 (ddof=1) over seeds, normalised by each run's own dense Adam baseline as Guyard & Barlaud
@@ -21,7 +22,7 @@ import argparse
 import json
 from collections.abc import Sequence
 
-from experiments import report
+from experiments import methods, report
 
 # The memory reading the paper's figures are compared with. Their dense LFC4 3989 kB does not
 # tell the readings apart (ours: 3980.2 kB per layer, 3995.9 kB globally); the per-layer one is
@@ -91,6 +92,19 @@ def _summary(entry: dict) -> dict:
     return summary
 
 
+def _matched_targets(entries: Sequence[dict]) -> dict:
+    """Per seed, the projection a matched sparsity was taken from (experiments.train matches
+    magnitude and SIS to the first projection of the run): its label up to its radius."""
+    targets = {}
+    for entry in entries:
+        if entry["method"] not in methods.PROJECTIONS or entry.get("seed") in targets:
+            continue
+        words = entry["label"].split()
+        end = next((i for i, word in enumerate(words) if word.startswith("eta=")), len(words) - 1)
+        targets[entry.get("seed")] = " ".join(words[: end + 1])
+    return targets
+
+
 def result_rows(path: str) -> list[dict]:
     """The rows of one result.json, each with its seed, configuration and source."""
     with open(path) as handle:
@@ -102,10 +116,14 @@ def result_rows(path: str) -> list[dict]:
         default=str,
     )
     matched = arguments.get("sparsity") is None
+    targets = _matched_targets(result["results"])
     rows = []
     for entry in result["results"]:
         summary = _summary(entry)
         label = entry.get("group") or report.group_label(entry["label"], entry["method"], matched)
+        target = targets.get(entry.get("seed", result.get("seed")))
+        if "sparsity=matched" in label and target:
+            label = label.replace("sparsity=matched", f"matched to {target}")
         rows.append(
             {
                 **summary,

@@ -246,3 +246,11 @@ def test_tfds_that_cannot_load_says_what_to_do(tmp_path, monkeypatch):
         data.load_dataset("mnist", "train", data_dir=str(tmp_path))
     with pytest.raises(ImportError, match=r"'cifar10'.*install tensorflow-datasets"):
         data.load_dataset("cifar10", "test")
+
+
+@pytest.mark.parametrize("name", [name for name in data.DATASETS if name != "digits"])
+def test_tfds_builders_find_their_code_without_the_network(name, tmp_path):
+    # mock_data skips the builder's own files; a real download first reads the checksums
+    # beside the builder's code, which needs every import tensorflow-datasets makes for it.
+    builder = tfds.builder(name, data_dir=str(tmp_path))
+    assert builder.code_path.exists()

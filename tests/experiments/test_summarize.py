@@ -146,3 +146,21 @@ def test_where_and_how_a_run_went_is_not_its_configuration(tmp_path):
     ]
     rows = summarize.aggregate([row for path in paths for row in summarize.result_rows(path)])
     assert [row["seeds"] for row in rows] == [[0, 1], [2]]
+
+
+def test_matched_rows_name_the_projection_they_were_matched_to(tmp_path):
+    # Two runs on the same configuration but other radii: their magnitude baselines, matched
+    # to different sparsities, are two rows, not one mean over both.
+    paths = []
+    for eta, accuracy in ((24, 87.9), (500, 87.7)):
+        entries = [
+            ("pgl21", f"pgl21 coupled eta={eta} dense_alg1", 82.0, 100_000, 130.0),
+            ("magnitude", "magnitude sparsity=57.2% cosine", accuracy, 2_362_816, 130.0),
+        ]
+        paths.append(_write(tmp_path / f"eta{eta}.json", 0, entries))
+    rows = summarize.aggregate([row for path in paths for row in summarize.result_rows(path)])
+    matched = {row["method"]: row["accuracy_%"] for row in rows if "magnitude" in row["method"]}
+    assert matched == {
+        "magnitude matched to pgl21 coupled eta=24 cosine": 87.9,
+        "magnitude matched to pgl21 coupled eta=500 cosine": 87.7,
+    }
