@@ -440,8 +440,8 @@ def dead_groups(model: Any, example_input: Any, variables: Any = None) -> tuple[
       :func:`sparsejax.coupled_groups`.
 
     Raises:
-      ValueError: a primitive the analysis does not understand, a masked convolution, a
-        layer called twice (each named), or bad arguments.
+      ValueError: a primitive the analysis does not understand, a Linen masked convolution,
+        a layer called twice (each named), or bad arguments.
 
     Example:
       >>> import jax, jax.numpy as jnp

@@ -63,7 +63,8 @@ activations, ``Sq*Cq*H*D + Sk*Ck*H*D + Sk*Cv*H*Dv + H*D*Sq*Sk (q.k^T) + H*Dv*Sq*
 (weights.v) + Sq*H*Dv*F`` (softmax, scaling and biases not counted); a head whose output rows
 are zero is removed (``H`` drops by one). The network's own
 input features and output units are never removed there. When the coupled analysis cannot read
-the model (an unknown primitive, a masked convolution, a layer called twice) the report falls
+the model (an unknown primitive, a Linen masked convolution, a layer called twice) the report
+falls
 back to the per-layer count,
 ``kh * kw * (Cin - zero_inputs) * (Cout - zero_outputs) * Hout * Wout``, and says why in
 ``note``; surgery then refuses the model.

@@ -22,12 +22,13 @@ rows and columns, biases, BatchNorm scale, bias and statistics; the query/key/va
 slices of a dead ``nnx.MultiHeadAttention`` head), the constants of zero-written groups are
 folded into the biases of the layers that read them, and ``in_features``, ``out_features``,
 ``kernel_shape``, ``num_features``, ``num_heads`` and a grouped conv's ``feature_group_count``
-(its groups go whole: a conv group's channels are one coupled group) follow the smaller arrays.
-Models whose coupled groups cannot be analysed (a primitive the analysis does not know, a
-masked convolution, a layer called twice) are refused with a ``ValueError`` naming it; so is a cut
-model whose forward pass no longer runs (an operation of its code uses a static size that
-surgery cannot update). Units tied to the entries a ``pad`` adds along a unit axis (a zero-pad
-ResNet shortcut) are kept for that reason; the channels it passes through can go.
+(its groups go whole: a conv group's channels are one coupled group) follow the smaller arrays;
+an ``nnx.Conv``'s ``mask`` is sliced with its kernel. Models whose coupled groups cannot be
+analysed (a primitive the analysis does not know, a Linen masked convolution, whose mask is a
+constant of the module's code, a layer called twice) are refused with a ``ValueError`` naming
+it; so is a cut model whose forward pass no longer runs (an operation of its code uses a static
+size that surgery cannot update). Units tied to the entries a ``pad`` adds along a unit axis (a
+zero-pad ResNet shortcut) are kept for that reason; the channels it passes through can go.
 
 What happens to a layer ``k`` (see :mod:`sparsejax.metrics` for when a unit is dead):
 

@@ -47,6 +47,12 @@ def _padding_keeps_constants(padding: Any, input_dilation: Any) -> bool:
     return not np.any(np.asarray(padding) != 0)
 
 
+def _is_nnx(module: Any) -> bool:
+    from flax import nnx
+
+    return isinstance(module, nnx.Module)
+
+
 @dataclasses.dataclass
 class Layer:
     """A traced Dense or Conv layer, with the BatchNorm that normalises its output if any."""
@@ -116,10 +122,19 @@ class Layer:
         return np.any(self.kernel != 0, axis=axes)
 
     @property
+    def masked(self) -> bool:
+        """A masked conv (``mask=``): cut by the coupled analysis, which slices an NNX mask
+        (a state leaf, multiplied into the kernel in the jaxpr) with its kernel; not by the
+        chain analysis. Its MACCs count every kernel weight, masked or not (the dense conv
+        that runs)."""
+        return self.kind == "conv" and getattr(self.call.module, "mask", None) is not None
+
+    @property
     def unsupported(self) -> str | None:
         """Why units cannot be cut out of this layer by any analysis, or None."""
-        if self.kind == "conv" and getattr(self.call.module, "mask", None) is not None:
-            return "masked convolution"
+        if self.masked and not _is_nnx(self.call.module):
+            # A Linen mask is a constant of the module's code, which surgery cannot resize.
+            return "masked convolution (a Linen mask is a module attribute, not a variable)"
         return None
 
     @property
@@ -243,6 +258,8 @@ def _chain_problem(runner: Any, x: jax.Array, calls: list[Call], network: Networ
             return f"{layer.name} is a {layer.unsupported}"
         if layer.grouped:
             return f"{layer.name} is a grouped convolution"
+        if layer.masked:
+            return f"{layer.name} is a masked convolution"
     for previous, layer in itertools.pairwise(layers):
         inputs, outputs = layer.source_width, previous.num_outputs
         # (a layer cut down to no output unit feeds one without inputs: 0 maps onto 0)

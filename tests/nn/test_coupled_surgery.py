@@ -323,14 +323,24 @@ class DepthwiseResidual(nnx.Module):
         return self.fc((h + jax.nn.relu(self.dw(h))).mean(axis=(1, 2)))
 
 
+class LinenMaskedResidual(linen.Module):
+    @linen.compact
+    def __call__(self, x):
+        h = linen.Conv(4, (3, 3), name="stem")(x)
+        mask = jnp.ones((3, 3, 4, 4)).at[0, 0].set(0)
+        h = h + jax.nn.relu(linen.Conv(4, (3, 3), mask=mask, name="masked")(h))
+        return linen.Dense(2, name="fc")(h.mean(axis=(1, 2)))
+
+
 def test_models_that_cannot_be_cut_are_refused_naming_the_operation():
     x = jnp.ones((1, 5, 5, 1))
-    model = DepthwiseResidual(nnx.Rngs(0), mask=jnp.ones((3, 3, 1, 4)).at[0, 0].set(0))
-    with pytest.raises(ValueError, match=r"cannot be cut.*dw is a masked convolution"):
-        remove_dead_units(model, x)
+    linen_model = LinenMaskedResidual()
+    variables = linen_model.init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match=r"cannot be cut.*masked is a masked convolution"):
+        remove_dead_units(linen_model, x, variables)
     with pytest.raises(ValueError, match="masked convolution"):
-        dead_groups(model, x)
-    report = model_report(model, x)  # the report falls back to per-layer counts, and says why
+        dead_groups(linen_model, x, variables)
+    report = model_report(linen_model, x, variables)  # per-layer counts, and it says why
     assert "not sequential" in report.note and "masked convolution" in report.note
 
     class Shared(nnx.Module):
@@ -342,6 +352,58 @@ def test_models_that_cannot_be_cut_are_refused_naming_the_operation():
 
     with pytest.raises(ValueError, match="called more than once"):
         remove_dead_units(Shared(nnx.Rngs(0)), jnp.ones((2, 3)))
+
+
+# ---------------------------------------------------------------------------- masked conv
+
+
+class MaskedBlock(nnx.Module):
+    """A residual block whose first conv is masked (``nnx.Conv(mask=...)``)."""
+
+    def __init__(self, rngs, mask):
+        self.stem = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+        self.a = nnx.Conv(4, 6, (3, 3), mask=mask, rngs=rngs)
+        self.b = nnx.Conv(6, 4, (3, 3), rngs=rngs)
+        self.fc = nnx.Linear(4, 2, rngs=rngs)
+
+    def __call__(self, x):
+        h = self.stem(x)
+        return self.fc((h + self.b(jax.nn.relu(self.a(h)))).mean(axis=(1, 2)))
+
+
+def test_masked_conv_is_cut_with_its_mask():
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 1))
+    mask = np.ones((3, 3, 4, 6), np.float32)
+    mask[1, 1] = 0.0  # the centre tap of every channel pair
+    mask[..., 4] = 0.0  # output 4 reads nothing but its bias
+    model = MaskedBlock(nnx.Rngs(0), jnp.asarray(mask))
+    model.b.kernel[:, :, 2, :] = 0.0  # a's output 2: read by no one
+    report = model_report(model, x)
+    positions = 6 * 6  # SAME padding
+    stem, fc = 9 * 1 * 4 * positions, 4 * 2
+    # Every kernel weight counts, masked or not (the dense conv runs); a's output 2 goes.
+    assert report.dense_maccs == stem + 2 * 9 * 4 * 6 * positions + fc
+    assert report.effective_maccs == stem + 2 * 9 * 4 * 5 * positions + fc
+    assert "a is a masked convolution" in report.note
+    small = remove_dead_units(model, x)
+    kept = np.array([0, 1, 3, 4, 5])
+    assert small.a.kernel.shape == (3, 3, 4, 5) and small.b.kernel.shape == (3, 3, 5, 4)
+    np.testing.assert_array_equal(small.a.mask, mask[..., kept])
+    np.testing.assert_array_equal(small.a.kernel[...], model.a.kernel[...][..., kept])
+    np.testing.assert_allclose(small(x), model(x), atol=1e-5)
+    assert model_report(small, x).effective_maccs == report.effective_maccs
+
+
+def test_masked_depthwise_conv_loses_whole_conv_groups_and_their_mask():
+    x = jax.random.normal(jax.random.key(1), (2, 5, 5, 1))
+    mask = np.ones((3, 3, 1, 4), np.float32)
+    mask[0, 0] = 0.0
+    model = DepthwiseResidual(nnx.Rngs(0), mask=jnp.asarray(mask))
+    model.fc.kernel[...] = model.fc.kernel[...].at[2].set(0.0)  # residual channel 2: unread
+    small = remove_dead_units(model, x)
+    assert small.dw.feature_group_count == 3 and small.dw.mask.shape == (3, 3, 1, 3)
+    np.testing.assert_array_equal(small.dw.mask, mask[..., [0, 1, 3]])
+    np.testing.assert_allclose(small(x), model(x), atol=1e-5)
 
 
 # ------------------------------------------------------------------ grouped / depthwise conv
