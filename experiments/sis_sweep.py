@@ -9,9 +9,14 @@ its effective MACCs, and magnitude pruning at the per-layer sparsity it reached:
     python -m experiments.sis_sweep --model lenet300_100
     python -m experiments.sis_sweep --model lfc4 --sparsity 0.5 0.8 0.9 0.95 0.98
     python -m experiments.sis_sweep --model lenet300_100 --sparsity --l11 0.02 0.05 0.1
+    python -m experiments.sis_sweep --model lenet300_100 --seeds 0 1 2 3 4 \\
+        --out experiments/results/sis_lenet300_100_5seeds.json
 
 Results (every figure, per-layer records, the command, versions, timings) go to
-``experiments/results/sis_<model>.json``; a Markdown table is printed.
+``experiments/results/sis_<model>.json``; a Markdown table is printed. ``--seeds`` repeats the
+whole sweep per seed (its own dense model, initialisation and SIS minibatches; nothing shared)
+and adds, per row of each table, the mean and sample standard deviation over seeds. The sweep
+makes no choice (every configuration is reported), so it reads the test set only.
 """
 
 from __future__ import annotations
@@ -90,6 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--sis-batches", type=int, default=16, help="training minibatches SIS sees")
     add("--steps", type=int, default=600, help="SIS steps per layer")
     add("--seed", type=int, default=0)
+    add("--seeds", type=int, nargs="+", default=None, help="one sweep per seed, then mean ± sd")
     add("--workdir", default="/tmp/sparsejax_sis", help="dense checkpoint cache")
     add("--out", default=None, help="JSON path (default experiments/results/sis_<model>.json)")
     return parser.parse_args(argv)
@@ -188,6 +194,122 @@ def record_dicts(records) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    command = "python -m experiments.sis_sweep " + shlex.join(
+        sys.argv[1:] if argv is None else argv
+    )
+    if args.seeds:
+        if len(set(args.seeds)) != len(args.seeds):
+            raise SystemExit(f"--seeds {' '.join(map(str, args.seeds))} repeats a seed")
+        runs = [sweep(argparse.Namespace(**{**vars(args), "seed": seed})) for seed in args.seeds]
+        result = {"command": command, "seeds": list(args.seeds), "per_seed": runs}
+        result["aggregate"] = aggregate(runs)
+        text = markdown_seeds(result["aggregate"], args.seeds)
+    else:
+        result = {"command": command, **sweep(args)}
+        text = markdown(result)
+    out = args.out or os.path.join(RESULTS_DIR, f"sis_{args.model}.json")
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out, "w") as handle:
+        json.dump(result, handle, indent=1)
+    print(text)
+    return result
+
+
+# Per table of a sweep: the knob that names a row, and the figures averaged over seeds.
+_TABLES = {
+    "sweep": ("sparsity", ("sis_accuracy", "magnitude_accuracy", "sis_effective_maccs")),
+    "units": (
+        "unit_fraction",
+        ("sis_accuracy", "sis_effective_maccs", "group_magnitude_accuracy",
+         "group_magnitude_effective_maccs"),
+    ),
+    "l11": (
+        "radius_fraction",
+        ("sis_accuracy", "sis_effective_maccs", "overall_sparsity", "magnitude_accuracy",
+         "magnitude_effective_maccs", "group_magnitude_accuracy",
+         "group_magnitude_effective_maccs"),
+    ),
+    "ablation": ("variant", ("sis_accuracy",)),
+}  # fmt: skip
+
+
+def _mean_sd(values) -> dict:
+    values = np.asarray(values, dtype=np.float64)
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    return {"mean": float(np.mean(values)), "sd": sd}
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """Mean and sample standard deviation (ddof=1) over the seeds' sweeps, row by row: the
+    seeds ran the same rows in the same order (the same arguments), each keyed by its knob."""
+    out = {"dense_accuracy": _mean_sd([run["dense_accuracy"] for run in runs])}
+    for table, (knob, figures) in _TABLES.items():
+        rows = []
+        for members in zip(*(run[table] for run in runs), strict=True):
+            if len({row[knob] for row in members}) != 1:
+                raise ValueError(f"the seeds' {table} rows differ: {[r[knob] for r in members]}")
+            row = {knob: members[0][knob]}
+            row.update({name: _mean_sd([m[name] for m in members]) for name in figures})
+            rows.append(row)
+        out[table] = rows
+    return out
+
+
+def _pm(figure: dict, scale: float = 100.0, digits: int = 2) -> str:
+    sd = "-" if figure["sd"] is None else f"{scale * figure['sd']:.{digits}f}"
+    return f"{scale * figure['mean']:.{digits}f} ± {sd}"
+
+
+def markdown_seeds(summary: dict, seeds) -> str:
+    """The aggregated tables: accuracies in %, MACCs in thousands, mean ± sd over seeds."""
+    lines = [
+        f"mean ± sd over seeds {' '.join(map(str, seeds))}; dense "
+        f"{_pm(summary['dense_accuracy'])}%; no fine-tuning."
+    ]
+    if summary["sweep"]:
+        lines += ["", "| sparsity (every layer) | SIS acc % | magnitude acc % |", "|---|---|---|"]
+        for row in summary["sweep"]:
+            lines.append(
+                f"| {100 * row['sparsity']:.0f}% | {_pm(row['sis_accuracy'])} "
+                f"| {_pm(row['magnitude_accuracy'])} |"
+            )
+    if summary["units"]:
+        lines += [
+            "",
+            "| input units removed | SIS acc % | SIS kMACCs | smallest units acc % "
+            "| smallest units kMACCs |",
+            "|---|---|---|---|---|",
+        ]
+        for row in summary["units"]:
+            lines.append(
+                f"| {100 * row['unit_fraction']:.0f}% | {_pm(row['sis_accuracy'])} "
+                f"| {_pm(row['sis_effective_maccs'], 1e-3, 1)} "
+                f"| {_pm(row['group_magnitude_accuracy'])} "
+                f"| {_pm(row['group_magnitude_effective_maccs'], 1e-3, 1)} |"
+            )
+    if summary["l11"]:
+        lines += [
+            "",
+            "| l1,1 radius / l1 norm | zeros % | SIS acc % | SIS kMACCs | magnitude acc % "
+            "| smallest units acc % | smallest units kMACCs |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in summary["l11"]:
+            lines.append(
+                f"| {row['radius_fraction']:g} | {_pm(row['overall_sparsity'], 100, 1)} "
+                f"| {_pm(row['sis_accuracy'])} | {_pm(row['sis_effective_maccs'], 1e-3, 1)} "
+                f"| {_pm(row['magnitude_accuracy'])} | {_pm(row['group_magnitude_accuracy'])} "
+                f"| {_pm(row['group_magnitude_effective_maccs'], 1e-3, 1)} |"
+            )
+    if summary["ablation"]:
+        lines += ["", "| SIS variant | accuracy % |", "|---|---|"]
+        for row in summary["ablation"]:
+            lines.append(f"| {row['variant']} | {_pm(row['sis_accuracy'])} |")
+    return "\n".join(lines)
+
+
+def sweep(args) -> dict:
+    """One seed's sweep: the dense model, then every SIS row beside its magnitude baseline."""
     started = time.perf_counter()
     train = data_lib.load_dataset("fashion_mnist", "train")
     test = data_lib.load_dataset("fashion_mnist", "test")
@@ -317,9 +439,8 @@ def main(argv: list[str] | None = None) -> dict:
             flush=True,
         )
 
-    result = {
-        "command": "python -m experiments.sis_sweep "
-        + shlex.join(sys.argv[1:] if argv is None else argv),
+    return {
+        "seed": args.seed,
         "model": args.model,
         "dataset": "fashion_mnist",
         "settings": vars(args),
@@ -334,12 +455,6 @@ def main(argv: list[str] | None = None) -> dict:
         "platform": platform.platform(),
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
-    out = args.out or os.path.join(RESULTS_DIR, f"sis_{args.model}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as handle:
-        json.dump(result, handle, indent=1)
-    print(markdown(result))
-    return result
 
 
 def markdown(result: dict) -> str:
