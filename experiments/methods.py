@@ -406,8 +406,9 @@ class Experiment:
             mask = self._mask_of(start)
         final = self._finetune(key, start, rest, mask)
         phases["retrain"] = final.history
-        coupled = " coupled" if s.group_axis == "coupled" and method != "pgl1" else ""
-        label = f"{method}{coupled} eta={_eta_label(eta)} {s.schedule}{self._retrain_label()}"
+        # The group axis names the row unless it is the default (input units), or pgl1's.
+        axis = "" if s.group_axis == "inputs" or method == "pgl1" else f" {s.group_axis}"
+        label = f"{method}{axis} eta={_eta_label(eta)} {s.schedule}{self._retrain_label()}"
         return MethodResult(method, label, final.params, final.rest, phases, {"eta": eta})
 
     def _projection_factory(self, method: str, eta: Any) -> Callable[[], Any]:

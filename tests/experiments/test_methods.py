@@ -104,6 +104,16 @@ def test_alg4_rewinds_to_the_initial_weights(tiny):
     )
 
 
+@pytest.mark.parametrize(
+    ("method", "axis", "prefix"),
+    [("pgl11", "inputs", "pgl11 eta=20 "), ("pgl11", "outputs", "pgl11 outputs eta=20 "),
+     ("pgl1", "outputs", "pgl1 eta=20 ")],
+)  # fmt: skip
+def test_a_row_label_names_its_group_axis_unless_the_default(tiny, method, axis, prefix):
+    experiment = _experiment(tiny, group_axis=axis, retrain_epochs=0)
+    assert experiment.projection(method, 20.0).label.startswith(prefix)
+
+
 @pytest.mark.parametrize("schedule", ["alg1", "dense_alg1", "alg4"])
 def test_retraining_keeps_the_projected_zeros(tiny, schedule):
     experiment = _experiment(tiny, schedule=schedule, retrain_epochs=2)
@@ -186,7 +196,9 @@ def test_coupled_projection_zeroes_whole_coupled_groups(tiny, tmp_path):
     settings = methods.Settings(layers=r"kernel$", epochs=1, retrain_epochs=0, group_axis="coupled")
     experiment = _quiet_experiment(split, data, settings, tmp_path)
     eta = 2.0
-    params = experiment.projection("pgl21", eta).params
+    result = experiment.projection("pgl21", eta)
+    assert result.label.startswith("pgl21 coupled eta=2 ")
+    params = result.params
     groups = experiment._coupled_groups()
     # Every removable group: the 8 units of the residual stream and the 6 of the block.
     assert len(groups) == 14
