@@ -203,10 +203,10 @@ def main(argv: list[str] | None = None) -> dict:
         runs = [sweep(argparse.Namespace(**{**vars(args), "seed": seed})) for seed in args.seeds]
         result = {"command": command, "seeds": list(args.seeds), "per_seed": runs}
         result["aggregate"] = aggregate(runs)
-        text = markdown_seeds(result["aggregate"], args.seeds)
+        text = markdown(result["aggregate"], args.seeds)
     else:
         result = {"command": command, **sweep(args)}
-        text = markdown(result)
+        text = markdown(aggregate([result]), [args.seed])
     out = args.out or os.path.join(RESULTS_DIR, f"sis_{args.model}.json")
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w") as handle:
@@ -256,16 +256,20 @@ def aggregate(runs: list[dict]) -> dict:
 
 
 def _pm(figure: dict, scale: float = 100.0, digits: int = 2) -> str:
-    sd = "-" if figure["sd"] is None else f"{scale * figure['sd']:.{digits}f}"
-    return f"{scale * figure['mean']:.{digits}f} ± {sd}"
+    """``mean ± sd``, or the value alone for one seed."""
+    mean = f"{scale * figure['mean']:.{digits}f}"
+    return mean if figure["sd"] is None else f"{mean} ± {scale * figure['sd']:.{digits}f}"
 
 
-def markdown_seeds(summary: dict, seeds) -> str:
-    """The aggregated tables: accuracies in %, MACCs in thousands, mean ± sd over seeds."""
-    lines = [
-        f"mean ± sd over seeds {' '.join(map(str, seeds))}; dense "
-        f"{_pm(summary['dense_accuracy'])}%; no fine-tuning."
-    ]
+def markdown(summary: dict, seeds) -> str:
+    """The tables of :func:`aggregate`: accuracies in %, MACCs in thousands, mean ± sd over
+    seeds (one seed: its figures)."""
+    over = (
+        f"seed {seeds[0]}"
+        if len(seeds) == 1
+        else "mean ± sd over seeds " + " ".join(map(str, seeds))
+    )
+    lines = [f"{over}; dense {_pm(summary['dense_accuracy'])}%; no fine-tuning."]
     if summary["sweep"]:
         lines += ["", "| sparsity (every layer) | SIS acc % | magnitude acc % |", "|---|---|---|"]
         for row in summary["sweep"]:
@@ -455,63 +459,6 @@ def sweep(args) -> dict:
         "platform": platform.platform(),
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
-
-
-def markdown(result: dict) -> str:
-    lines = [
-        f"{result['model']} on Fashion-MNIST, dense {100 * result['dense_accuracy']:.2f}% "
-        f"({result['dense_maccs'] / 1e3:.1f}k MACCs); no fine-tuning."
-    ]
-    if result["sweep"]:
-        lines += ["", "| sparsity (every layer) | SIS | magnitude |", "|---|---|---|"]
-    for row in result["sweep"]:
-        lines.append(
-            f"| {100 * row['sparsity']:.0f}% | {100 * row['sis_accuracy']:.2f}% "
-            f"| {100 * row['magnitude_accuracy']:.2f}% |"
-        )
-    if result["units"]:
-        lines += [
-            "",
-            "| input units removed (all but last layer) | zero input units | SIS acc | SIS MACCs "
-            "| smallest units acc | smallest units MACCs |",
-            "|---|---|---|---|---|---|",
-        ]
-        for row in result["units"]:
-            units = ", ".join(f"{p}: {n}" for p, n in row["zero_input_units"].items())
-            lines.append(
-                f"| {100 * row['unit_fraction']:.0f}% | {units} "
-                f"| {100 * row['sis_accuracy']:.2f}% | {row['sis_effective_maccs'] / 1e3:.1f}k "
-                f"| {100 * row['group_magnitude_accuracy']:.2f}% "
-                f"| {row['group_magnitude_effective_maccs'] / 1e3:.1f}k |"
-            )
-    if result["ablation"]:
-        lines += [
-            "",
-            f"| SIS variant at {100 * result['ablation'][0]['sparsity']:.0f}% sparsity "
-            "| accuracy | relative inclusion error after, per layer |",
-            "|---|---|---|",
-        ]
-        for row in result["ablation"]:
-            errors = ", ".join(f"{p}: {e:.3f}" for p, e in row["errors_after"].items())
-            lines.append(f"| {row['variant']} | {100 * row['sis_accuracy']:.2f}% | {errors} |")
-    if result["l11"]:
-        lines += [
-            "",
-            "| l1,1 radius / l1 norm | zeros | zero input units | SIS acc | SIS MACCs "
-            "| magnitude acc (MACCs) | smallest units acc (MACCs) |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for row in result["l11"]:
-            units = ", ".join(f"{p}: {n}" for p, n in row["zero_input_units"].items())
-            lines.append(
-                f"| {row['radius_fraction']:g} | {100 * row['overall_sparsity']:.1f}% | {units} "
-                f"| {100 * row['sis_accuracy']:.2f}% | {row['sis_effective_maccs'] / 1e3:.1f}k "
-                f"| {100 * row['magnitude_accuracy']:.2f}% "
-                f"({row['magnitude_effective_maccs'] / 1e3:.1f}k) "
-                f"| {100 * row['group_magnitude_accuracy']:.2f}% "
-                f"({row['group_magnitude_effective_maccs'] / 1e3:.1f}k) |"
-            )
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -47,9 +47,11 @@ def test_seeds_are_aggregated_row_by_row_against_numpy():
         np.testing.assert_allclose(row["sis_accuracy"]["sd"], np.std(values, ddof=1))
         np.testing.assert_allclose(row["sis_effective_maccs"]["mean"], 2000.0)
     np.testing.assert_allclose(summary["dense_accuracy"]["mean"], 0.91)
-    table = sis_sweep.markdown_seeds(summary, [0, 1, 2])
+    table = sis_sweep.markdown(summary, [0, 1, 2])
     mean, sd = 100 * np.mean([0.80, 0.70, 0.75]), 100 * np.std([0.80, 0.70, 0.75], ddof=1)
     assert f"| 90% | {mean:.2f} ± {sd:.2f} |" in table
+    one = sis_sweep.markdown(sis_sweep.aggregate(runs[:1]), [0])  # one seed: its own figures
+    assert one.startswith("seed 0; dense 90.00%") and "| 90% | 80.00 | 70.00 |" in one
 
 
 def test_seeds_with_other_rows_are_refused():
