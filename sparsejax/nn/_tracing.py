@@ -33,7 +33,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sparsejax.nn._calls import Call, Path, _check_example_input, path_name, wrap_model
+from sparsejax.nn._calls import (
+    Call,
+    Path,
+    _check_example_input,
+    _is_nnx_module,
+    path_name,
+    wrap_model,
+)
 
 
 def _padding_keeps_constants(padding: Any, input_dilation: Any) -> bool:
@@ -45,12 +52,6 @@ def _padding_keeps_constants(padding: Any, input_dilation: Any) -> bool:
     if isinstance(padding, str):
         return padding.upper() in ("VALID", "CIRCULAR", "REFLECT")
     return not np.any(np.asarray(padding) != 0)
-
-
-def _is_nnx(module: Any) -> bool:
-    from flax import nnx
-
-    return isinstance(module, nnx.Module)
 
 
 @dataclasses.dataclass
@@ -132,7 +133,7 @@ class Layer:
     @property
     def unsupported(self) -> str | None:
         """Why units cannot be cut out of this layer by any analysis, or None."""
-        if self.masked and not _is_nnx(self.call.module):
+        if self.masked and not _is_nnx_module(self.call.module):
             # A Linen mask is a constant of the module's code, which surgery cannot resize.
             return "masked convolution (a Linen mask is a module attribute, not a variable)"
         return None
