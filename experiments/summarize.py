@@ -92,16 +92,17 @@ def _summary(entry: dict) -> dict:
     return summary
 
 
-def _matched_targets(entries: Sequence[dict]) -> dict:
+def _matched_targets(entries: Sequence[dict], seed: int | None) -> dict:
     """Per seed, the projection a matched sparsity was taken from (experiments.train matches
-    magnitude and SIS to the first projection of the run): its label up to its radius."""
+    magnitude and SIS to the first projection of the run): its label up to its radius.
+    ``seed``: that of entries without their own (one-seed files)."""
     targets = {}
     for entry in entries:
-        if entry["method"] not in methods.PROJECTIONS or entry.get("seed") in targets:
+        if entry["method"] not in methods.PROJECTIONS or entry.get("seed", seed) in targets:
             continue
         words = entry["label"].split()
         end = next((i for i, word in enumerate(words) if word.startswith("eta=")), len(words) - 1)
-        targets[entry.get("seed")] = " ".join(words[: end + 1])
+        targets[entry.get("seed", seed)] = " ".join(words[: end + 1])
     return targets
 
 
@@ -116,7 +117,7 @@ def result_rows(path: str) -> list[dict]:
         default=str,
     )
     matched = arguments.get("sparsity") is None
-    targets = _matched_targets(result["results"])
+    targets = _matched_targets(result["results"], result.get("seed"))
     rows = []
     for entry in result["results"]:
         summary = _summary(entry)
